@@ -1,0 +1,190 @@
+"""Functional forms of Δh (He et al. 2022, Table 1) as small modules that know nothing of Hugging Face.
+
+Each module computes Δh from its input and composes it with h (`compose`). Shapes are in trailing
+comments: B batch, T tokens, H heads, D head width, d/x/h feature widths, r bottleneck, l prefix length.
+Initialisation follows He et al. §A.3: "lora" = Kaiming-uniform down-projection, zero up-projection
+(so attaching leaves outputs unchanged); "bert" = N(0, 0.02) for both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .spec import DeltaSpec
+
+_ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "identity": lambda t: t}
+
+
+def _kaiming(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    # nn.Linear's default: Kaiming-uniform with a=√5, i.e. U(−1/√fan_in, 1/√fan_in).
+    return nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
+
+
+def _init_pair(spec: DeltaSpec, down: torch.Tensor, up: torch.Tensor, g: torch.Generator) -> None:
+    if spec.init == "lora":
+        _kaiming(down, g)
+        nn.init.zeros_(up)
+    else:
+        nn.init.normal_(down, 0.0, 0.02, generator=g)
+        nn.init.normal_(up, 0.0, 0.02, generator=g)
+
+
+class Delta(nn.Module):
+    """Base: holds the composition function's parameters (He et al. §3.2, 'composition')."""
+
+    def __init__(self, spec: DeltaSpec, x_dim: int):
+        super().__init__()
+        self.spec = spec
+        self.composition = spec.composition
+        self.s = spec.s
+        self.merged = False
+        self.drop = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        if spec.composition == "learned":
+            self.scale = nn.Parameter(torch.tensor(float(spec.s)))
+        if spec.composition == "gate" and spec.form != "prefix":
+            self.gate = nn.Linear(x_dim, 1)  # λ(x) = σ(x·w_g + b_g)
+
+    def compose(self, h: torch.Tensor, delta: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        c = self.composition
+        if c == "add":
+            return h + delta
+        if c == "scale":
+            return h + self.s * delta
+        if c == "learned":
+            return h + self.scale * delta
+        lam = torch.sigmoid(self.gate(x))  # (..., 1)
+        return h + lam * (delta - h)  # (1−λ)·h + λ·Δh, Eq. 10
+
+    def extra_repr(self) -> str:
+        return self.spec.describe()
+
+
+class LowRank(Delta):
+    """LoRA, Eq. 6:  h ← h + s·x·W_down·W_up.  lora_A = W_downᵀ (r, in), lora_B = W_upᵀ (out, r)."""
+
+    def __init__(self, spec: DeltaSpec, fin: int, fout: int, g: torch.Generator):
+        super().__init__(spec, fin)
+        self.lora_A = nn.Parameter(torch.empty(spec.size, fin))
+        self.lora_B = nn.Parameter(torch.empty(fout, spec.size))
+        _init_pair(spec, self.lora_A, self.lora_B, g)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(self.drop(x), self.lora_A), self.lora_B)  # (B, T, in) → (B, T, r) → (B, T, out)
+
+    def weight_delta(self) -> torch.Tensor:
+        """ΔW (out, in) such that merging W += ΔW reproduces the composed output (add/scale/learned)."""
+        s = {"add": 1.0, "scale": self.s}.get(self.composition)
+        s = self.scale.detach() if s is None else s
+        return s * (self.lora_B @ self.lora_A)
+
+
+class Bottleneck(Delta):
+    """Adapter, Eq. 4:  Δh = f(x·W_down + b_down)·W_up + b_up  (x = h for sequential insertion)."""
+
+    def __init__(self, spec: DeltaSpec, x_dim: int, h_dim: int, g: torch.Generator):
+        super().__init__(spec, x_dim)
+        self.down = nn.Linear(x_dim, spec.size, bias=spec.bias)
+        self.up = nn.Linear(spec.size, h_dim, bias=spec.bias)
+        _init_pair(spec, self.down.weight, self.up.weight, g)
+        if spec.bias:
+            nn.init.zeros_(self.down.bias)
+            nn.init.zeros_(self.up.bias)
+        self.act = _ACTS[spec.act]
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(self.drop(x))))  # (B, T, x) → (B, T, r) → (B, T, h)
+
+
+class HeadBottleneck(Delta):
+    """Multi-head parallel adapter (He et al. §3.3): per head i, Δh⁽ⁱ⁾ = f(x·W_q⁽ⁱ⁾·W_down⁽ⁱ⁾)·W_up⁽ⁱ⁾,
+    read from the head's query (the same input prefix tuning uses) and added to the head's output."""
+
+    def __init__(self, spec: DeltaSpec, n_heads: int, d_head: int, g: torch.Generator):
+        super().__init__(spec, d_head)
+        self.W_down = nn.Parameter(torch.empty(n_heads, d_head, spec.size))
+        self.W_up = nn.Parameter(torch.empty(n_heads, spec.size, d_head))
+        for i in range(n_heads):
+            _init_pair(spec, self.W_down.data[i].T, self.W_up.data[i].T, g)
+        if spec.bias:
+            self.b_down = nn.Parameter(torch.zeros(n_heads, 1, spec.size))
+            self.b_up = nn.Parameter(torch.zeros(n_heads, 1, d_head))
+        self.act = _ACTS[spec.act]
+
+    def delta(self, q: torch.Tensor) -> torch.Tensor:
+        z = torch.matmul(self.drop(q), self.W_down)  # (B, H, T, D) @ (H, D, r) → (B, H, T, r)
+        if self.spec.bias:
+            z = z + self.b_down
+        z = torch.matmul(self.act(z), self.W_up)  # (B, H, T, r) @ (H, r, D) → (B, H, T, D)
+        if self.spec.bias:
+            z = z + self.b_up
+        return z
+
+
+class Prefix(Delta):
+    """Prefix tuning, Eq. 5/9: l vectors P_k, P_v (per kv head) prepended to keys and values.
+
+    With composition 'gate' this is exactly Eq. 7: (1−λ(x))·Attn(x, C) + λ(x)·softmax(x·W_q·P_kᵀ)·P_v,
+    computed by concatenation. With add/scale/learned, Δh = softmax(x·W_q·P_kᵀ)·P_v is computed on its
+    own and composed without the gate (He et al. Table 4, '−gating').
+    With `reparam` = m, P = MLP(E) = tanh(E·W_1 + b_1)·W_2 + b_2 (§A.3), E (l, d): training-only.
+    """
+
+    def __init__(self, spec: DeltaSpec, n_kv_heads: int, d_head: int, d_model: int, g: torch.Generator):
+        super().__init__(spec, d_head)
+        self.n_kv, self.d_head, self.l = n_kv_heads, d_head, spec.size
+        if spec.reparam:
+            self.embedding = nn.Parameter(torch.empty(spec.size, d_model).normal_(0.0, 1.0, generator=g))
+            self.mlp_in = nn.Linear(d_model, spec.reparam)
+            self.mlp_out = nn.Linear(spec.reparam, 2 * n_kv_heads * d_head)
+            for lin in (self.mlp_in, self.mlp_out):
+                _kaiming(lin.weight, g)
+                nn.init.zeros_(lin.bias)
+        else:
+            self.prefix_k = nn.Parameter(torch.empty(n_kv_heads, spec.size, d_head).normal_(0.0, 0.02, generator=g))
+            self.prefix_v = nn.Parameter(torch.empty(n_kv_heads, spec.size, d_head).normal_(0.0, 0.02, generator=g))
+
+    def prefixes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self, "prefix_k"):
+            return self.prefix_k, self.prefix_v  # (Hkv, l, D) each
+        kv = self.mlp_out(torch.tanh(self.mlp_in(self.embedding)))  # (l, d) → (l, m) → (l, 2·Hkv·D)
+        kv = kv.view(self.l, 2, self.n_kv, self.d_head).permute(1, 2, 0, 3)  # (2, Hkv, l, D)
+        return kv[0], kv[1]
+
+    @torch.no_grad()
+    def materialize(self) -> None:
+        """Replace the training-only MLP by the prefixes it produces (inference count 2·l·kv)."""
+        if hasattr(self, "prefix_k"):
+            return
+        pk, pv = self.prefixes()
+        for n in ("embedding", "mlp_in", "mlp_out"):
+            delattr(self, n)
+        self.prefix_k = nn.Parameter(pk.detach().clone())
+        self.prefix_v = nn.Parameter(pv.detach().clone())
+
+
+class BiasDelta(Delta):
+    """BitFit as a Δh: a bias vector added to a projection's output; merges into (or creates) its bias."""
+
+    def __init__(self, spec: DeltaSpec, fout: int, g: torch.Generator):
+        super().__init__(spec, fout)
+        self.delta_bias = nn.Parameter(torch.zeros(fout))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - x unused: Δh is constant
+        return self.delta_bias
+
+
+class Prompt(Delta):
+    """Prompt tuning (Lester et al. 2021): l vectors at the stack input; He et al. count l·d."""
+
+    def __init__(self, spec: DeltaSpec, d_model: int, g: torch.Generator, init_from: torch.Tensor | None = None):
+        super().__init__(spec, d_model)
+        if init_from is not None and init_from.device.type != "meta":
+            idx = torch.randint(0, init_from.shape[0], (spec.size,), generator=g)
+            p = init_from.detach().float()[idx].clone()  # sampled vocabulary embeddings, as Lester et al.
+        else:
+            p = torch.empty(spec.size, d_model).normal_(0.0, 0.02, generator=g)
+        self.prompt = nn.Parameter(p)
