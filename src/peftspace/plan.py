@@ -218,9 +218,12 @@ def plan_layers(arch_dict: dict, specs: tuple[DeltaSpec, ...], layers: dict[str,
                 entries.append(PlanEntry(stack, i, sp))
                 placed += 1
         if not placed:
-            raise SpecError(f"spec {sp.name!r} ({sp.describe()}) applies to no layer of a {arch.family} model "
-                            f"({dims.model_type}): attention kinds available: "
-                            f"{sorted({k for s in arch.stacks.values() for k in s.kinds})}")
+            have = sorted({k for s in arch.stacks.values() for k in s.kinds})
+            why = (f"it modifies attention kinds {list(sp.attn_kinds)} and this model has {have}"
+                   + (" (no cross-attention)" if "cross" not in have else "")) if any(
+                s.startswith("attn") for s in sp.sites) else f"its sites {list(sp.sites)} do not exist here"
+            raise SpecError(f"spec {sp.name!r} ({sp.describe()}) applies to no layer of this {arch.family} model "
+                            f"({dims.model_type}): {why}")
     return entries
 
 
