@@ -336,7 +336,10 @@ def _install_prompt(model, arch: Arch, stack: nn.Module, delta: Prompt, st: _Sta
             tt = a.get("token_type_ids")
             if tt is not None:
                 a["token_type_ids"] = torch.cat([tt[:, :off], tt.new_zeros(B, L), tt[:, off:]], dim=1)
-            a["position_ids"] = None if "position_ids" in a else None
+            pos = a.get("position_ids")
+            if pos is not None:  # prompt at positions off..off+l-1; the tokens after it shift by l
+                ar = torch.arange(off, off + L, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], L)
+                a["position_ids"] = torch.cat([pos[:, :off], ar, pos[:, off:] + L], dim=1)
             if "cache_position" in a:
                 a["cache_position"] = None
             state["strip"] = True
@@ -354,8 +357,6 @@ def _install_prompt(model, arch: Arch, stack: nn.Module, delta: Prompt, st: _Sta
         if state["strip"]:
             h = out.last_hidden_state
             out.last_hidden_state = torch.cat([h[:, :off], h[:, off + L:]], dim=1)
-            if isinstance(out, tuple) or hasattr(out, "to_tuple"):
-                pass
         return out
 
     st.handles.append(stack.register_forward_pre_hook(pre, with_kwargs=True))

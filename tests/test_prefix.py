@@ -1,0 +1,121 @@
+"""Prefix tuning through extended keys/values equals the gated Δh form of He et al. Eq. 7–10.
+
+The reference below never concatenates: it computes standard attention h over the context, the
+prefix attention Δh = softmax(x·W_q·P_kᵀ)·P_v on its own, the gate λ(x) of Eq. 8 from the two
+log-sum-exps, and returns (1−λ)·h + λ·Δh (Eq. 9). It is swapped in for peftspace's attention
+function on the same modules, so the two paths see identical inputs (padding masks, causal masks,
+T5's relative position bias, grouped-query heads).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AttentionInterface
+
+import peftspace as ps
+from peftspace.attach import ATTN_NAME
+from peftspace.forms import Prefix
+
+from helpers import batch, logits, tiny
+
+
+def _gated_reference(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kw):
+    B, H, T, D = query.shape
+    rep = H // key.shape[1]
+    k, v = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+    scaling = D ** -0.5 if scaling is None else scaling
+    s_c = query @ k.transpose(-1, -2) * scaling  # (B, H, T, S)
+    if position_bias is not None:
+        s_c = s_c + position_bias
+    S = k.shape[2]
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            s_c = s_c.masked_fill(~attention_mask, float("-inf"))
+        else:
+            s_c = s_c + attention_mask
+    elif (kw.get("is_causal") if kw.get("is_causal") is not None else getattr(module, "is_causal", False)) and T > 1:
+        i, j = torch.arange(T)[:, None], torch.arange(S)[None, :]
+        s_c = s_c.masked_fill(~(j <= i + (S - T)), float("-inf"))
+    pk, pv = zip(*(d.prefixes() for d in module._peftspace_heads if isinstance(d, Prefix)))
+    pk = torch.cat(pk, 1).repeat_interleave(rep, 0)[None]  # (1, H, L, D)
+    pv = torch.cat(pv, 1).repeat_interleave(rep, 0)[None]
+    s_p = query @ pk.transpose(-1, -2) * scaling  # (B, H, T, L)
+    lse_c, lse_p = torch.logsumexp(s_c, -1, keepdim=True), torch.logsumexp(s_p, -1, keepdim=True)
+    lam = torch.exp(lse_p - torch.logaddexp(lse_p, lse_c))  # Eq. 8
+    h = torch.softmax(s_c, -1).nan_to_num(0.0) @ v  # standard attention over the context
+    dh = torch.softmax(s_p, -1) @ pv  # Δh, Eq. 9
+    out = (1 - lam) * h + lam * dh  # Eq. 10 with W1 = W_q·P_kᵀ, W2 = P_v, f = softmax
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("peftspace_gated_reference", _gated_reference)
+
+
+def _use(model, name):
+    for m in model.modules():
+        if hasattr(m, "_peftspace_heads"):
+            m.config.__dict__["_attn_implementation_internal"] = name
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["tiny-bert", "tiny-t5", "tiny-bart", "tiny-gpt2", "tiny-llama", "tiny-qwen2"])
+def test_prefix_concat_equals_gated_form(family, impl):
+    model = tiny(family)
+    model.set_attn_implementation(impl)
+    plan = ps.plan(model, "prefix:l=5")
+    ps.attach(model, plan)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Prefix):
+                m.prefix_k.normal_(0, 1.0)
+                m.prefix_v.normal_(0, 1.0)
+    kw = batch(model, pad=True)
+    concat = logits(model, kw)
+    _use(model, "peftspace_gated_reference")
+    gated = logits(model, kw)
+    _use(model, ATTN_NAME)
+    torch.testing.assert_close(concat, gated, atol=1e-5, rtol=1e-5)
+    assert torch.equal(logits(model, kw), concat)
+
+
+def test_prefix_on_some_t5_layers_with_position_bias():
+    """adapters #669: T5 crashed when only some layers had prefixes (position-bias shape)."""
+    from peftspace.plan import Plan, PlanEntry
+
+    model = tiny("tiny-t5")
+    spec = ps.PRESETS["prefix"][0].with_size(4)
+    base = ps.plan(model, "prefix")
+    plan = Plan(base.arch, (PlanEntry("encoder", 1, spec), PlanEntry("decoder", 0, spec)))
+    ps.attach(model, plan)
+    kw = batch(model)
+    out = logits(model, kw)
+    _use(model, "peftspace_gated_reference")
+    torch.testing.assert_close(out, logits(model, kw), atol=1e-5, rtol=1e-5)
+
+
+def test_ungated_prefix_is_attention_plus_delta():
+    """composition 'add' (He et al. Table 4 '−gating'): h + softmax(x·W_q·P_kᵀ)·P_v; zero P_v is a no-op."""
+    model = tiny("tiny-llama")
+    kw = batch(model)
+    base = logits(model, kw)
+    ps.attach(model, ps.plan(model, "prefix:l=4,composition=add"))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Prefix):
+                m.prefix_v.zero_()
+    assert torch.equal(logits(model, kw), base)
+
+
+def test_prefix_reparameterisation_is_training_only():
+    model = tiny("tiny-bart")
+    plan = ps.plan(model, "prefix:l=6,reparam=16")
+    assert plan.training_only_params > 0
+    ps.attach(model, plan)
+    attached = sum(p.numel() for _, p in ps.delta_named_parameters(model))
+    assert attached == plan.training_only_params  # during training only the MLP and E exist
+    kw = batch(model)
+    before = logits(model, kw)
+    ps.merge(model)  # materialise: P = MLP(E); the MLP is dropped
+    assert sum(p.numel() for _, p in ps.delta_named_parameters(model)) == plan.trainable_params
+    torch.testing.assert_close(logits(model, kw), before, atol=1e-6, rtol=1e-6)
