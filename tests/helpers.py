@@ -39,7 +39,7 @@ def batch(model, seed: int = 0, T: int = 7, B: int = 2, pad: bool = True) -> dic
         ids[0, -1] = eos
         ids[1, T - 3 if pad else -1] = eos
     kw = {"input_ids": ids, "attention_mask": mask}
-    if model.config.is_encoder_decoder:
+    if model.config.is_encoder_decoder and "ForSequenceClassification" not in type(model).__name__:
         kw["decoder_input_ids"] = torch.randint(5, vocab, (B, 4), generator=g)
     return kw
 
