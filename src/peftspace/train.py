@@ -178,11 +178,11 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
     pad = ensure_pad_token(tokenizer)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad
+    backbone = backbone_params(model)  # before attaching: Δh parameters are not backbone
     plan, label = prepare(model, method, budget=budget, seed=config.seed)
     lr = config.lr if config.lr is not None else DEFAULT_LR.get(_method_name(method) or "", 1e-4)
     if label == "full":
         lr = config.lr if config.lr is not None else DEFAULT_LR["full"]
-    backbone = backbone_params(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     delta_params = sum(p.numel() for _, p in delta_named_parameters(model)) if plan is not None else n_trainable
@@ -217,6 +217,7 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
     higher = task_obj.metric not in ("loss", "mse")
     best: dict[str, Any] = {"score": -math.inf if higher else math.inf, "step": 0, "state": None, "dev": None}
     history: list[dict] = []
+    losses: list[float] = []
     gen = torch.Generator().manual_seed(config.seed)
     model.train()
     step, t_train, step_time = 0, time.perf_counter(), 0.0
@@ -242,6 +243,7 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 step_time += time.perf_counter() - t0
+                losses.append(float(loss.item()))
                 emit({"event": "train", "step": step, "loss": float(loss.item()), "lr": sched.get_last_lr()[0]})
                 if bar:
                     bar[0].update(bar[1], advance=1, description=f"{label} on {task_obj.name} loss {loss.item():.3f}")
@@ -274,11 +276,14 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
         "trained_params": n_trainable,
         "training_only_params": plan.training_only_params if plan is not None else 0,
         "backbone_params": backbone,
-        "percent": (100.0 * plan.trainable_params / backbone) if plan is not None else 100.0,
+        "percent": plan.percent if plan is not None else 100.0,
         "seconds_per_step": step_time / max(1, step), "train_seconds": step_time, "load_seconds": load_seconds,
         "peak_memory_mb": _peak_memory_mb(), "lr": lr, "config": dataclasses.asdict(config),
         "plan": plan.to_dict() if plan is not None else None, "plan_hash": plan.hash if plan is not None else None,
         "history": history, "arch": arch,
+        # mean training loss over the first and the last few steps: did training move at all?
+        "train_loss_first": float(np.mean(losses[:3])) if losses else None,
+        "train_loss_last": float(np.mean(losses[-3:])) if losses else None,
     }
     if out_dir:
         if plan is not None:
@@ -294,8 +299,8 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
 
 
 def _save_diverged(model, plan, out_dir: Path | None, step: int, loss) -> str:
-    target = (out_dir or Path(os.environ.get("PEFTSPACE_CACHE", Path.home() / ".cache" / "peftspace")) / "diverged")
-    target = Path(target) / f"diverged-step{step}"
+    root = out_dir if out_dir is not None else Path(os.environ.get("PEFTSPACE_CACHE", Path.home() / ".cache" / "peftspace"))
+    target = Path(root) / "diverged" / f"diverged-step{step}"
     target.mkdir(parents=True, exist_ok=True)
     if plan is not None:
         from .adapter_io import save_adapter
