@@ -14,6 +14,7 @@ from .attach import attach, attached_plan, delta_named_parameters, detach, merge
 from .plan import Plan, PlanEntry, make_plan as plan
 from .presets import PRESETS, parse_method
 from .spec import DeltaSpec, SpecError
+from . import forms
 
 __version__ = "0.1.0"
 
