@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 import os
 import pickle
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from peftspace.search import store as store_module
 from peftspace.search.store import SCHEMA_VERSION, Trial, TrialStore, canonical_json
 
 SEARCH, STAGE = "s", "stage1"
@@ -125,6 +127,16 @@ def test_expired_lease_is_reclaimable(store):
     assert not store.heartbeat(t.id, "slow")  # the old holder learns it lost the trial
 
 
+def test_claim_next_walks_in_order(store):
+    store.add_many([make(i, candidate=c) for c in ("b", "a") for i in range(2)])
+    got = [store.claim_next("w", stage=STAGE) for _ in range(4)]
+    assert [(t.candidate, t.index, t.status) for t in got] == [("a", 0, "running"), ("a", 1, "running"), ("b", 0, "running"), ("b", 1, "running")]
+    assert store.claim_next("w") is None
+    store.fail(got[0].id, "x")
+    assert store.claim_next("w") is None
+    assert store.claim_next("w", retry_failed=True).id == got[0].id
+
+
 def test_reset_running_and_unknown_ids(store):
     t = store.add(make(0))
     store.claim(t.id, "w")
@@ -158,6 +170,23 @@ def test_filters_order_counts_and_meta(store, tmp_path):
     clone.close()
 
 
+def test_forked_child_opens_its_own_connection(store):
+    t = store.add(make(0))
+    assert store.get(t.id).status == "pending"  # the parent's connection is open now
+    pid = os.fork()
+    if pid == 0:  # child: the inherited store must transparently reconnect
+        code = 1
+        try:
+            code = 0 if store.claim(t.id, "child") and store.complete(t.id, {}, 0.5, {}, {}, 1) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get(t.id).status == "done" and store.get(t.id).worker == "child"
+    store.set_meta("after_fork", {"ok": True})  # the parent's own connection still works
+    assert store.integrity_check() == "ok"
+
+
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "t.sqlite"
     TrialStore(path).close()
@@ -168,26 +197,61 @@ def test_newer_schema_is_refused(tmp_path):
 
 
 # -- several processes ----------------------------------------------------------------
+#
+# Children are real spawned processes (multiprocessing, "spawn") but run only the stdlib
+# and store.py: the target is the builtin ``exec`` of a small bootstrap that loads store.py
+# from its file and then the worker function's own source.  Importing the package instead
+# would load torch and transformers (seconds per child) for code that needs neither.
+
+_BOOT = """
+import importlib.util, sys, time
+_spec = importlib.util.spec_from_file_location("peftspace_store_standalone", STORE_FILE)
+_mod = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _mod
+_spec.loader.exec_module(_mod)
+Trial, TrialStore = _mod.Trial, _mod.TrialStore
+exec(FUNC_SRC)
+globals()[FUNC_NAME](*ARGS)
+"""
 
 
-def _race_worker(path, ids, worker, start, out):
+def _spawn(ctx, func, *args):
+    env = {
+        "STORE_FILE": store_module.__file__,
+        "FUNC_SRC": inspect.getsource(func),
+        "FUNC_NAME": func.__name__,
+        "ARGS": args,
+        "STAGE": STAGE,
+        "BATCH": BATCH,
+    }
+    proc = ctx.Process(target=exec, args=(_BOOT, env), daemon=True)
+    proc.start()
+    return proc
+
+
+BATCH = 200
+
+
+def _race_worker(path, ids, worker, barrier, out):
     store = TrialStore(path)
-    start.wait()
+    barrier.wait(timeout=60)  # everyone connected: start together
     out.put((worker, [tid for tid in ids if store.claim(tid, worker)]))
+    # Stay alive until everyone is done: a dead worker's running trials are rightly reclaimable.
+    barrier.wait(timeout=60)
     store.close()
 
 
 def test_processes_racing_claim_each_trial_exactly_once(tmp_path):
     path = tmp_path / "race.sqlite"
     with TrialStore(path) as store:
-        ids = [t.id for t in store.add_many([make(i) for i in range(60)])]
+        ids = [t.id for t in store.add_many([make(i) for i in range(200)])]
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race_worker, args=(str(path), ids, f"w{k}", start, out)) for k in range(3)]
-    for p in procs:
-        p.start()
-    start.set()
+    n_procs = 2
+    barrier, out = ctx.Barrier(n_procs + 1), ctx.Queue()
+    procs = [_spawn(ctx, _race_worker, str(path), ids, f"w{k}", barrier, out) for k in range(n_procs)]
+    barrier.wait(timeout=60)
     results = dict(out.get(timeout=60) for _ in procs)
+    barrier.wait(timeout=60)
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
@@ -197,9 +261,6 @@ def test_processes_racing_claim_each_trial_exactly_once(tmp_path):
         rows = store.trials()
         assert all(t.status == "running" and t.attempts == 1 for t in rows)
         assert {t.id: t.worker for t in rows} == {tid: w for w, got in results.items() for tid in got}
-
-
-BATCH = 200
 
 
 def _busy_worker(path):
@@ -215,18 +276,17 @@ def _busy_worker(path):
         i += 1
 
 
-def test_sigkill_mid_write_leaves_consistent_db_and_reclaimable_trial(tmp_path):
+@pytest.mark.parametrize("delay", [0.0, 0.013, 0.037])
+def test_sigkill_mid_write_leaves_consistent_db_and_reclaimable_trial(tmp_path, delay):
     path = tmp_path / "kill.sqlite"
     TrialStore(path).close()
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=_busy_worker, args=(str(path),))
-    proc.start()
+    proc = _spawn(mp.get_context("spawn"), _busy_worker, str(path))
     with TrialStore(path) as watcher:
         deadline = time.monotonic() + 60
         while (watcher.get_meta("progress") or {}).get("i", -1) < 3:
             assert proc.is_alive() and time.monotonic() < deadline
-            time.sleep(0.02)
-    time.sleep(0.037)  # somewhere inside the write loop
+            time.sleep(0.005)
+    time.sleep(delay)  # somewhere inside the write loop
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(timeout=30)
     assert proc.exitcode == -signal.SIGKILL
@@ -237,8 +297,7 @@ def test_sigkill_mid_write_leaves_consistent_db_and_reclaimable_trial(tmp_path):
         sizes = {}
         for t in store.trials(stage=STAGE):
             sizes[t.search] = sizes.get(t.search, 0) + 1
-        victim = sizes.pop("victim")
-        assert victim == 1
+        assert sizes.pop("victim") == 1
         assert set(sizes.values()) == {BATCH}  # each batch all or nothing
         assert len(sizes) in (last + 1, last + 2)  # killed before or after recording progress
         (v,) = store.trials(search="victim")

@@ -1,0 +1,1 @@
+"""Reports of searches and comparisons: figures (``plots``) written with matplotlib's Agg renderer."""
