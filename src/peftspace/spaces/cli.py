@@ -28,7 +28,7 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sample", help="sample designs from a design space, sized to a parameter budget",
         description="Sample N distinct designs from a design space (Chen et al. 2023) and solve each to a Plan "
-                    "within 1%% of the budget. The same seed gives the same designs.")
+                    "within 1% of the budget. The same seed gives the same designs.")
     p.add_argument("--model", required=True, help="model name for peftspace.load_model (e.g. shape:t5-base, tiny-t5)")
     p.add_argument("--space", default="S0",
                    help="named space (S0, S1, S2, S3, chen2023-t5), inline constraints "
@@ -72,8 +72,9 @@ def run_sample(args) -> int:
         print(json.dumps(records, indent=2))
         return 0
     console = _console()
-    console.print(f"[bold]{len(records)} design(s)[/bold] of space [bold]{space.name}[/bold] "
-                  f"({space.to_text()}) on {args.model}, budget {args.budget}, seed {args.seed}")
+    console.print(f"[bold]{len(records)} design(s)[/bold] on {args.model}, budget {args.budget}, seed {args.seed}; "
+                  f"space [bold]{space.name}[/bold]:")
+    console.print(f"  {space.to_text()}", soft_wrap=True)
     for i, ((design, plan), rec) in enumerate(zip(pairs, records), start=1):
         console.print()
         console.print(f"[bold]design {i}/{len(records)}[/bold]  {rec['design_hash']}")

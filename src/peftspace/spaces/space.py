@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from ..plan import BudgetError, Plan
+from ..plan import BudgetError, Plan, budget_target
 from ..spec import DeltaSpec, SpecError
 from . import patterns as P
 from .design import Design
@@ -259,11 +259,12 @@ class Space:
         if not self.weight_options():
             raise SpaceError(f"space {self.name!r}: allocation={self.allocation} admits no weights for {self.groups} group(s)")
         rng = random.Random(seed)
+        bb = int(arch.get("backbone_params", 0))
         total = self.count(arch)
         source = self._enumerated(opts, rng) if total <= ENUMERATE_BELOW else self._drawn(opts, rng, max_draws(n))
         seen: set = set()
         out: list[tuple[Design, Plan | None]] = []
-        infeasible, coarse, last_error = 0, 0, None
+        infeasible, coarse, lowest, highest = 0, 0, math.inf, 0
         for design in source:
             sig = design.signature()
             if sig in seen:
@@ -274,7 +275,8 @@ class Space:
                 try:
                     plan = design_to_plan(design, arch, budget)
                 except BudgetError as e:
-                    infeasible, last_error = infeasible + 1, e
+                    infeasible += 1
+                    lowest, highest = min(lowest, e.lowest), max(highest, e.highest or 0)
                     continue
                 if not plan.meta["within_tolerance"]:
                     coarse += 1
@@ -287,7 +289,9 @@ class Space:
         msg = (f"space {self.name!r} gave only {len(out)} distinct design(s) of the {n} asked for on this "
                f"{arch['model_type']} model: it admits {total} design(s), {len(seen)} distinct ({how})"
                + (f"; {coarse} get no closer to budget {budget} than {TOLERANCE:.0%} (size steps too coarse)" if coarse else "")
-               + (f"; {infeasible} cannot meet budget {budget} (e.g. {last_error})" if infeasible else ""))
+               + (f"; {infeasible} cannot meet budget {budget} = {budget_target(budget, bb):,} parameters: the lowest "
+                  f"count any of them allows is {_count(lowest, bb)}, the highest {_count(highest, bb)} "
+                  f"(one design's own range: feasible_range(design, arch))" if infeasible else ""))
         if allow_fewer:
             warnings.warn(msg, stacklevel=2)
             return out
@@ -320,6 +324,10 @@ class Space:
     def _custom_used(self, strategies) -> tuple:
         used = {s for _, names in strategies for s in names}
         return tuple((n, specs) for n, specs in self.custom if n in used)
+
+
+def _count(n: float, backbone: int) -> str:
+    return f"{int(n):,}" + (f" ({100 * n / backbone:.4f}%)" if backbone else "")
 
 
 # ---- parsing --------------------------------------------------------------------------------------
