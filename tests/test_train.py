@@ -130,3 +130,13 @@ def test_smollm2_generation_loss_drops_and_generate_works():
     rec = train("smollm2", task, "lora", config=cfg, progress=False)
     assert rec["train_loss_last"] < rec["train_loss_first"]
     assert math.isfinite(rec["test"]["bleu"])  # generate() ran with the adapter attached (beams, KV cache)
+
+
+def test_design_space_design_as_a_method():
+    from peftspace.train import prepare
+
+    model = ps.load_model("tiny-bert")
+    plan, label = prepare(model, "design:S0,groups=2", budget="3%")
+    assert label == "design:S0,groups=2"
+    assert abs(plan.trainable_params / (0.03 * plan.backbone_params) - 1) <= 0.01
+    assert ps.attached_plan(model) is plan

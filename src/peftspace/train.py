@@ -88,6 +88,16 @@ def prepare(model, plan_or_method, budget=None, seed: int = 0) -> tuple[Plan | N
         return None, "full"
     if isinstance(plan_or_method, Plan):
         plan = plan_or_method
+    elif isinstance(plan_or_method, str) and plan_or_method.startswith("design:"):
+        # a design-space design by space name (e.g. design:chen2023-t5): one design sampled with the seed
+        from .spaces import design_to_plan, parse_space
+
+        if budget is None:
+            raise SpecError(f"{plan_or_method}: a design needs a budget (e.g. --budget 0.5%)")
+        space = parse_space(plan_or_method[len("design:"):])
+        design = space.sample(model, n=1, seed=seed, budget=budget)[0]
+        plan = design_to_plan(design, model, budget)
+        plan = Plan(plan.arch, plan.entries, {**plan.meta, "method": plan_or_method})
     else:
         plan = make_plan(model, plan_or_method, budget=budget)
     attach(model, plan, seed=seed)
@@ -180,6 +190,8 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
         model.config.pad_token_id = pad
     backbone = backbone_params(model)  # before attaching: Δh parameters are not backbone
     plan, label = prepare(model, method, budget=budget, seed=config.seed)
+    if isinstance(method, str) and method.startswith("design:"):
+        label = method
     lr = config.lr if config.lr is not None else DEFAULT_LR.get(_method_name(method) or "", 1e-4)
     if label == "full":
         lr = config.lr if config.lr is not None else DEFAULT_LR["full"]
