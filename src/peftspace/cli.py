@@ -163,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from transformers.utils import logging as hf_logging
+
     from .spec import SpecError
 
+    # The CLI reports what matters; transformers' load reports (new task heads) and bars are noise here.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
     except (SpecError, ValueError, FileNotFoundError) as e:

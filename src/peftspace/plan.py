@@ -161,7 +161,10 @@ class Plan:
             specs = "; ".join(f"{s['name']}: {s['describe']}" for s in row["specs"])
             t.add_row(row["stack"], "input" if row["layer"] == STACK_LEVEL else str(row["layer"]), specs,
                       f"{row['params']:,}")
+        target = self.meta.get("budget_params")
         t.caption = (f"trainable {self.trainable_params:,} = {self.percent:.4f}% of {self.backbone_params:,} backbone"
+                     + (f"; budget {self.meta.get('budget')} = {target:,}, achieved/target "
+                        f"{self.trainable_params / target:.4f} (nearest with uniform integer sizes)" if target else "")
                      + (f"; training-only {self.training_only_params:,}" if self.training_only_params else ""))
         return t
 
