@@ -135,3 +135,32 @@ def test_peft_export_refuses_non_lora(tmp_path):
     ps.attach(model, ps.plan(model, "pa"))
     with pytest.raises(SpecError, match="only plans made purely of LoRA"):
         ps.export_peft(model, tmp_path / "x")
+
+
+def test_unknown_architecture_names_families_and_table():
+    from transformers import DistilBertConfig, DistilBertModel
+
+    model = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    with pytest.raises(ValueError, match=r"not in peftspace's architecture table.*BERT family.*ARCHS in .*arch\.py"):
+        ps.plan(model, "lora")
+
+
+def test_export_cli_round_trip(tmp_path):
+    from peft import PeftModel
+
+    from peftspace.cli import main
+
+    model = tiny("tiny-bert", "classification")
+    ps.attach(model, ps.plan(model, "lora:r=4"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    kw = batch(model)
+    ref = logits(model, kw)
+    ps.save_adapter(model, tmp_path / "a")
+    assert main(["export", "--to", "peft", str(tmp_path / "a"), str(tmp_path / "p")]) == 0
+    pm = PeftModel.from_pretrained(tiny("tiny-bert", "classification"), str(tmp_path / "p"))
+    pm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pm(**kw).logits, ref, atol=1e-6, rtol=1e-6)
