@@ -230,57 +230,37 @@ def plan_layers(arch_dict: dict, specs: tuple[DeltaSpec, ...], layers: dict[str,
     return entries
 
 
-def solve_sizes(plan: Plan, target: int) -> Plan:
-    """Scale all sized specs of a plan proportionally (integer sizes ≥ 1) to come closest to `target`.
+def solve_sizes(plan: Plan, target: int, tolerance: float = 0.01) -> Plan:
+    """Scale the sized specs of a plan (one integer size per spec name, so layers stay uniform),
+    keeping the preset's size ratios, to the count nearest `target` (see `budget.py`)."""
+    import numpy as np
 
-    Counts are affine in each size, so the total is monotone in a common scale t; a bisection on t
-    followed by a ±1 sweep on the largest contributor gives the nearest achievable integer count.
-    """
-    sized = [i for i, e in enumerate(plan.entries) if e.spec.sized]
-    if not sized:
+    from .budget import solve_integer_sizes
+
+    names: list[str] = []
+    for e in plan.entries:
+        if e.spec.sized and e.spec.name not in names:
+            names.append(e.spec.name)
+    if not names:
         return plan
-    base = {i: plan.entries[i].spec.size for i in sized}
-    costs = [plan.cost(e) for e in plan.entries]
-    fixed = sum(c.b for c in costs) + sum(costs[i].a * plan.entries[i].spec.size for i in range(len(costs)) if i not in base)
-
-    def total(sizes: dict[int, int]) -> int:
-        return fixed + sum(costs[i].a * s for i, s in sizes.items())
-
-    def at(t: float) -> dict[int, int]:
-        return {i: max(1, int(round(base[i] * t))) for i in sized}
-
-    lo_total = total({i: 1 for i in sized})
-    if target < lo_total:
-        raise BudgetError(target, lo_total, None, plan)
-    lo, hi = 0.0, 1.0
-    while total(at(hi)) < target:
-        hi *= 2
-        if hi > 1e9:
-            break
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if total(at(mid)) < target:
-            lo = mid
-        else:
-            hi = mid
-    best = min((at(lo), at(hi)), key=lambda s: abs(total(s) - target))
-    # ±k sweep on the specs with the largest per-unit cost, by groups of equal base size (keeps layers uniform)
-    groups: dict[tuple, list[int]] = {}
-    for i in sized:
-        groups.setdefault((plan.entries[i].spec.name, best[i]), []).append(i)
-    for _ in range(3):
-        improved = False
-        for members in groups.values():
-            for step in (-1, 1):
-                trial = dict(best)
-                for i in members:
-                    trial[i] = max(1, best[i] + step)
-                if abs(total(trial) - target) < abs(total(best) - target):
-                    best, improved = trial, True
-        if not improved:
-            break
-    entries = tuple(PlanEntry(e.stack, e.layer, e.spec.with_size(best[i])) if i in best else e
-                    for i, e in enumerate(plan.entries))
+    a = np.zeros(len(names), dtype=np.int64)
+    c = np.zeros(len(names))
+    fixed = 0
+    for e in plan.entries:
+        cost = plan.cost(e)
+        fixed += cost.b if e.spec.sized else cost.at(e.spec.size)
+        if e.spec.sized:
+            k = names.index(e.spec.name)
+            a[k] += cost.a
+            c[k] = e.spec.size
+    lowest = fixed + int(a.sum())
+    if target < lowest:
+        raise BudgetError(target, lowest, None, plan)
+    cap = np.full(len(names), 1 << 20, dtype=np.int64)
+    sizes = solve_integer_sizes(a, c, cap, fixed, target, tolerance)
+    by_name = dict(zip(names, (int(x) for x in sizes)))
+    entries = tuple(PlanEntry(e.stack, e.layer, e.spec.with_size(by_name[e.spec.name])) if e.spec.sized else e
+                    for e in plan.entries)
     return Plan(plan.arch, entries, plan.meta)
 
 
