@@ -15,7 +15,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from peftspace import models
+from peftspace.models import packaged as models
 from peftspace.models import (
     MODEL_NAMES,
     backbone_params,
