@@ -149,11 +149,12 @@ def allocation_figure(layers: list[dict], title: str = "") -> Figure:
         counts = np.array([float(layer.get("counts", {}).get(name, 0)) for layer in layers])
         ax.bar(pos, counts, bottom=bottom, label=name, width=0.8)
         bottom += counts
-    ax.set_xticks(pos, [str(layer.get("label", i)) for i, layer in enumerate(layers)], rotation=90)
+    ax.set_xticks(pos, [str(layer.get("label", i)) for i, layer in enumerate(layers)], rotation=90, fontsize=7)
     ax.set_ylabel("trainable parameters")
+    ax.set_ylim(0.0, max(1.0, float(bottom.max(initial=0.0))) * 1.05)  # stacked tops fully visible
     ax.grid(True, axis="y", alpha=0.4)
-    if strategies:
-        ax.legend(loc="best", fontsize="small")
+    if strategies:  # outside the axes: it never hides a bar
+        ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     if title:
         ax.set_title(title)
     return fig

@@ -194,28 +194,13 @@ def layer_table(plan: Plan, title: str | None = None):
 
 
 def plot_layers(plan: Plan, path: Path) -> Path:
-    """A PNG of the parameters of every layer, stacked by strategy (matplotlib, Agg canvas)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """A PNG of the parameters of every layer, stacked by strategy (`report.plots.plot_allocation`)."""
+    from ..report.plots import plot_allocation
 
     names, rows = layer_rows(plan)
     short = {"encoder": "enc", "decoder": "dec"}
-    labels = [f"{short.get(r['stack'], r['stack'])} {'in' if r['layer'] == STACK_LEVEL else r['layer']}" for r in rows]
-    fig = Figure(figsize=(max(6.0, 0.32 * len(rows) + 2), 4.0), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    bottom = [0] * len(rows)
-    for n in names:
-        vals = [r["strategies"].get(n, {}).get("params", 0) for r in rows]
-        ax.bar(range(len(rows)), vals, bottom=bottom, label=n, width=0.8)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_ylabel("trainable parameters")
-    ax.set_title(f"plan {plan.hash} ({plan.arch['model_type']}): {plan.trainable_params:,} = {plan.percent:.3f}%",
-                 fontsize=9)
-    ax.legend(title="strategy", fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
+    layers = [{"label": f"{short.get(r['stack'], r['stack'])} {'in' if r['layer'] == STACK_LEVEL else r['layer']}",
+               "counts": {n: r["strategies"].get(n, {}).get("params", 0) for n in names}} for r in rows]
+    title = f"plan {plan.hash} ({plan.arch['model_type']}): {plan.trainable_params:,} = {plan.percent:.3f}%"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return plot_allocation(layers, path, title=title)
