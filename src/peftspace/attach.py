@@ -77,7 +77,7 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
                                                    pv.expand(query.shape[0], -1, -1, -1), scale=kw.get("scaling"))
             out = d.compose(out, delta.transpose(1, 2), None)  # Δh = softmax(x·W_q·P_kᵀ)·P_v, ungated
         elif isinstance(d, HeadBottleneck):
-            out = d.compose(out, d.delta(query).transpose(1, 2), None)  # (B, H, T, D) → (B, T, H, D)
+            out = d.composed_heads(out, query)  # out (B, T, H, D); query (B, H, T, D)
     return out, weights
 
 
@@ -277,15 +277,18 @@ def _linear_parallel_hook(delta: Delta, sl: slice | None):
         if delta.merged:
             return None
         x = args[0]
-        h = out if sl is None else out[..., sl]
-        return _splice(out, sl, delta.compose(h, delta.delta(x), x))
+        if sl is None:
+            return delta.composed(out, x)  # fused h + s·Δh(x) where the form allows (forms.py)
+        return _splice(out, sl, delta.compose(out[..., sl], delta.delta(x), x))
 
     return hook
 
 
 def _sequential_hook(delta: Delta, sl: slice | None):
     def hook(mod, args, out):
-        h = out if sl is None else out[..., sl]
+        if sl is None:
+            return delta.composed(out, out)
+        h = out[..., sl]
         return _splice(out, sl, delta.compose(h, delta.delta(h), h))
 
     return hook
@@ -301,7 +304,7 @@ def _capture_hook(box: dict):
 def _block_parallel_hook(delta: Delta, box: dict):
     def hook(mod, args, out):
         x = box.pop("x")
-        return delta.compose(out, delta.delta(x), x)
+        return delta.composed(out, x)
 
     return hook
 

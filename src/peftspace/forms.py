@@ -1,9 +1,16 @@
 """Functional forms of Δh (He et al. 2022, Table 1) as small modules that know nothing of Hugging Face.
 
-Each module computes Δh from its input and composes it with h (`compose`). Shapes are in trailing
-comments: B batch, T tokens, H heads, D head width, d/x/h feature widths, r bottleneck, l prefix length.
+Each module computes Δh from its input and composes it with h (`compose`; `composed` does both, fused
+where the form allows). Shapes are in trailing comments: B batch, T tokens, H heads, D head width,
+d/x/h feature widths, r bottleneck, l prefix length.
 Initialisation follows He et al. §A.3: "lora" = Kaiming-uniform down-projection, zero up-projection
 (so attaching leaves outputs unchanged); "bert" = N(0, 0.02) for both.
+
+Speed (bench/step_time.py, issue 6): an up-projection stored as (out, r) — `lora_B`, `nn.Linear(r, out)`
+— makes autograd compute its weight gradient as gᵀ·z, an (out, N)·(N, r) product that CPU BLAS runs
+~5x slower than the transposed zᵀ·g; `_rows` hands the GEMM a row-major (r, out) copy (r·out numbers)
+so the gradient comes out in the fast orientation, and add/scale compositions fold "h + s·Δh" into the
+same GEMM (`torch.addmm`), saving two passes over (N, out) in the forward and one in the backward.
 """
 
 from __future__ import annotations
@@ -22,6 +29,15 @@ _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu, "id
 def _kaiming(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     # nn.Linear's default: Kaiming-uniform with a=√5, i.e. U(−1/√fan_in, 1/√fan_in).
     return nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
+
+
+def _rows(w: torch.Tensor) -> torch.Tensor:
+    """wᵀ as a row-major (in, out) matrix: the right operand of x·wᵀ whose gradient is xᵀ·g (fast)."""
+    return w.t().contiguous()
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])  # (..., n) → (N, n); a view for the contiguous outputs of projections
 
 
 def _init_pair(spec: DeltaSpec, down: torch.Tensor, up: torch.Tensor, g: torch.Generator) -> None:
@@ -59,6 +75,14 @@ class Delta(nn.Module):
         lam = torch.sigmoid(self.gate(x))  # (..., 1)
         return h + lam * (delta - h)  # (1−λ)·h + λ·Δh, Eq. 10
 
+    def composed(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """compose(h, Δh(x), x); forms override it with a fused path where they can."""
+        return self.compose(h, self.delta(x), x)
+
+    def _alpha(self) -> float | None:
+        """s of an add/scale composition (a constant to fold into a GEMM), else None."""
+        return {"add": 1.0, "scale": self.s}.get(self.composition)
+
     def extra_repr(self) -> str:
         return self.spec.describe()
 
@@ -73,7 +97,16 @@ class LowRank(Delta):
         _init_pair(spec, self.lora_A, self.lora_B, g)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(self.drop(x), self.lora_A), self.lora_B)  # (B, T, in) → (B, T, r) → (B, T, out)
+        z = F.linear(self.drop(x), self.lora_A)  # (B, T, in) → (B, T, r)
+        return torch.matmul(z, _rows(self.lora_B))  # (B, T, r) · (r, out) → (B, T, out)
+
+    def composed(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        alpha = self._alpha()
+        if alpha is None or not h.is_contiguous():
+            return super().composed(h, x)
+        z = F.linear(self.drop(x), self.lora_A)  # (B, T, r)
+        # h + s·z·W_up in one GEMM: (N, out) + s·(N, r)·(r, out)
+        return torch.addmm(_flat(h), _flat(z), _rows(self.lora_B), alpha=alpha).view(h.shape)
 
     def weight_delta(self) -> torch.Tensor:
         """ΔW (out, in) such that merging W += ΔW reproduces the composed output (add/scale/learned)."""
@@ -96,7 +129,20 @@ class Bottleneck(Delta):
         self.act = _ACTS[spec.act]
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(self.drop(x))))  # (B, T, x) → (B, T, r) → (B, T, h)
+        a = self.act(self.down(self.drop(x)))  # (B, T, x) → (B, T, r)
+        if self.up.bias is None:
+            return torch.matmul(a, _rows(self.up.weight))  # (B, T, r) · (r, h) → (B, T, h)
+        return torch.addmm(self.up.bias, _flat(a), _rows(self.up.weight)).view(*a.shape[:-1], -1)
+
+    def composed(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        alpha = self._alpha()
+        if alpha is None or not h.is_contiguous():
+            return super().composed(h, x)
+        a = self.act(self.down(self.drop(x)))  # (B, T, r)
+        out = torch.addmm(_flat(h), _flat(a), _rows(self.up.weight), alpha=alpha)  # h + s·a·W_up: (N, h)
+        if self.up.bias is not None:
+            out = out.add_(self.up.bias, alpha=alpha)  # in place on the fresh GEMM output (not saved by autograd)
+        return out.view(h.shape)
 
 
 class HeadBottleneck(Delta):
@@ -114,14 +160,24 @@ class HeadBottleneck(Delta):
             self.b_up = nn.Parameter(torch.zeros(n_heads, 1, d_head))
         self.act = _ACTS[spec.act]
 
+    def _per_head(self, q: torch.Tensor) -> torch.Tensor:
+        # One GEMM per head over all B·T rows (not one per (batch, head) against a broadcast copy of W).
+        B, H, T, D = q.shape
+        qh = self.drop(q).transpose(0, 1).reshape(H, B * T, D)  # (H, B·T, D)
+        z = torch.baddbmm(self.b_down, qh, self.W_down) if self.spec.bias else torch.bmm(qh, self.W_down)
+        z = self.act(z)  # (H, B·T, r)
+        z = torch.baddbmm(self.b_up, z, self.W_up) if self.spec.bias else torch.bmm(z, self.W_up)
+        return z.view(H, B, T, D)  # (H, B, T, D)
+
     def delta(self, q: torch.Tensor) -> torch.Tensor:
-        z = torch.matmul(self.drop(q), self.W_down)  # (B, H, T, D) @ (H, D, r) → (B, H, T, r)
-        if self.spec.bias:
-            z = z + self.b_down
-        z = torch.matmul(self.act(z), self.W_up)  # (B, H, T, r) @ (H, r, D) → (B, H, T, D)
-        if self.spec.bias:
-            z = z + self.b_up
-        return z
+        return self._per_head(q).transpose(0, 1)  # (B, H, T, D) @ (H, D, r) … @ (H, r, D) → (B, H, T, D)
+
+    def composed_heads(self, out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """out (B, T, H, D) composed with Δh(q), q (B, H, T, D) the attention's query."""
+        if self.composition not in ("add", "scale"):
+            return self.compose(out, self.delta(q).transpose(1, 2), None)
+        dh = self._per_head(q).permute(1, 2, 0, 3)  # (H, B, T, D) → (B, T, H, D)
+        return out + dh if self.composition == "add" else out + self.s * dh
 
 
 class Prefix(Delta):

@@ -1,0 +1,113 @@
+"""bench/step_time.py runs end to end on a tiny model: the rows' shape, every preset, the anchors.
+
+No wall-clock assertion anywhere (STYLE.md): one repetition on a 2-layer model, only the machinery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("peftspace_bench_step_time", ROOT / "bench" / "step_time.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load_bench()
+
+
+@pytest.fixture(scope="module")
+def rows(bench):
+    threads = torch.get_num_threads()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # bare --json: the rows go to stdout, the table to stderr
+        rc = bench.main(["--models", "tiny", "--reps", "1", "--max-reps", "1", "--budget", "2%", "--threads", "1",
+                         "--no-full", "--json"])
+    assert rc == 0
+    assert torch.get_num_threads() == threads, "the benchmark must restore the thread count"
+    return json.loads(out.getvalue())
+
+
+REQUIRED = ("method", "model", "config", "seconds_per_step", "ratio_to_floor", "peak_memory_ratio")
+
+
+def test_rows_have_the_required_fields(rows):
+    train = [r for r in rows if r["kind"] == "train"]
+    assert train
+    for r in train:
+        for k in REQUIRED:
+            assert k in r, f"row {r['method']}/{r['config']} lacks {k}"
+        assert r["error"] is None, f"{r['method']} at {r['config']}: {r['error']}"
+        assert r["seconds_per_step"] > 0 and r["ratio_to_floor"] > 0 and r["peak_memory_ratio"] > 0
+        assert r["model"] == "tiny"
+    floor = next(r for r in train if r["method"] == "floor")
+    assert floor["ratio_to_floor"] == 1.0 and floor["peak_memory_ratio"] == 1.0
+
+
+def test_every_preset_and_a_design_appear(rows, bench):
+    anchor = {r["method"] for r in rows if r["kind"] == "train" and r["config"] == "anchor"}
+    budget = {r["method"] for r in rows if r["kind"] == "train" and r["config"] == "2%"}
+    assert set(bench.PRESET_ORDER) <= anchor
+    assert set(bench.PRESET_ORDER) - {"prompt"} <= budget | {"lora_ffn", "adapter", "mam"}  # tiny: some too big
+    assert budget & {"design", "mixed-design"}, "a sampled (or hand-mixed) design is measured at the budget"
+    for r in rows:
+        if r["kind"] == "train" and r["config"] != "reference":
+            assert ("target" in r) and ("meets_target" in r)
+
+
+def test_peft_anchors_side_by_side(rows):
+    pytest.importorskip("peft")
+    by = {(r["method"], r["config"]): r for r in rows if r["kind"] == "train"}
+    for method in ("lora", "lora_ffn", "prefix"):
+        r = by[(method, "anchor")]
+        assert r["anchor"].startswith("peft"), r
+        assert r["anchor_ratio_to_floor"] > 0
+
+
+def test_eval_rows(rows):
+    ev = {r["method"]: r for r in rows if r["kind"] == "eval"}
+    assert {"base", "lora (merged)", "pa", "prefix"} <= set(ev)
+    assert ev["base"]["ratio_to_base"] == 1.0
+    assert all(r["ratio_to_base"] > 0 for r in ev.values())
+
+
+def test_adapters_side_explains_itself_without_adapters(bench, capsys):
+    try:
+        import adapters  # noqa: F401
+    except ImportError:
+        pass
+    else:  # pragma: no cover - the adapters environment
+        pytest.skip("adapters is installed here")
+    assert bench.main(["--models", "tiny", "--anchor", "adapters", "--adapters-only"]) == 0
+    err = capsys.readouterr()
+    assert "pip install adapters" in err.out + err.err
+
+
+def test_memory_counts_saved_activations_and_state(bench):
+    shape = bench.SHAPES["tiny"]
+    base = bench.build_model(shape)
+    batch = bench.make_batch(shape, base)
+    floor = bench.Case("floor", "floor", "reference", "", bench.floor_model(base))
+    full = bench.Case("full", "full", "reference", "", bench.full_model(base))
+    for c in (floor, full):
+        bench.prepare(c, batch)
+        c.memory = bench.measure_memory(c)
+    n_backbone = sum(p.numel() for p in base.base_model.parameters())
+    # full fine-tuning holds fp32 params + grads + two AdamW moments of every backbone weight besides activations
+    assert full.memory - floor.memory >= 0.9 * 16 * n_backbone
+    assert floor.memory > 16 * sum(p.numel() for p in bench.head_parameters(base)), "saved activations are counted"
