@@ -111,3 +111,16 @@ def test_memory_counts_saved_activations_and_state(bench):
     # full fine-tuning holds fp32 params + grads + two AdamW moments of every backbone weight besides activations
     assert full.memory - floor.memory >= 0.9 * 16 * n_backbone
     assert floor.memory > 16 * sum(p.numel() for p in bench.head_parameters(base)), "saved activations are counted"
+
+
+def test_llama_shape_with_gqa_and_anchors(bench):
+    """The decoder path: LLaMA with grouped-query heads, prefix/MAM through the attention interface, peft on it."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(["--models", "tiny-llama", "--methods", "lora,prefix,mam,mh_pa", "--configs", "anchor",
+                    "--reps", "1", "--max-reps", "1", "--threads", "1", "--no-full", "--no-eval", "--json"])
+    rows = {r["method"]: r for r in json.loads(out.getvalue())}
+    assert {"floor", "lora", "prefix", "mam", "mh_pa"} <= set(rows)
+    assert all(r["error"] is None and r["ratio_to_floor"] > 0 for r in rows.values())
+    if importlib.util.find_spec("peft") is not None:
+        assert rows["lora"]["anchor"].startswith("peft") and rows["prefix"]["anchor"].startswith("peft")

@@ -85,8 +85,8 @@ def _extend_with_prefixes(module, gated, query, key, value, mask, kw):
     """Eq. 5: head_i = Attn(x·W_q, [P_k; C·W_k], [P_v; C·W_v]); the prefix columns are always visible."""
     B, T, S = query.shape[0], query.shape[2], key.shape[2]
     pks, pvs = zip(*(d.prefixes() for d in gated))
-    pk = torch.cat(pks, dim=1).to(key.dtype)  # (Hkv, L, D)
-    pv = torch.cat(pvs, dim=1).to(value.dtype)
+    pk = (pks[0] if len(pks) == 1 else torch.cat(pks, dim=1)).to(key.dtype)  # (Hkv, L, D); one prefix: no copy
+    pv = (pvs[0] if len(pvs) == 1 else torch.cat(pvs, dim=1)).to(value.dtype)
     L = pk.shape[1]
     key = torch.cat([pk.unsqueeze(0).expand(B, -1, -1, -1), key], dim=2)  # (B, Hkv, L+S, D)
     value = torch.cat([pv.unsqueeze(0).expand(B, -1, -1, -1), value], dim=2)
