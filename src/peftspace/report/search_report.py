@@ -82,7 +82,9 @@ def collect(store: TrialStore, search: str) -> dict[str, Any]:
 def stage_table_rows(decision: dict[str, Any]) -> list[list[str]]:
     rows = []
     for rank, r in enumerate(decision.get("rows", []), start=1):
-        ci = "–" if r.get("is_best") else f"[{_f(r.get('ci_low'))}, {_f(r.get('ci_high'))}]"
+        lo, hi = r.get("ci_low"), r.get("ci_high")
+        undefined = r.get("is_best") or any(x is None or not math.isfinite(x) for x in (lo, hi))
+        ci = "–" if undefined else f"[{_f(lo)}, {_f(hi)}]"
         rows.append([str(rank), r["name"], str(r["n"]), str(r.get("failed", 0)), _f(r.get("mean")),
                      _f(r.get("median")), _f(r.get("min")), _f(r.get("max")),
                      "0 (best)" if r.get("is_best") else _f(r.get("diff_to_best")), ci,
@@ -263,9 +265,9 @@ table {{ border-collapse: collapse; margin: .6em 0 1em; font-size: 14px; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 th {{ background: #f0f0f0; }}
 td:first-child, th:first-child, table.stage td:nth-child(2) {{ text-align: left; }}
-table.info td {{ text-align: left; }}
+table.info td, table.errors td {{ text-align: left; }}
 tr.chosen td {{ background: #e5f5e0; font-weight: 600; }}
-img {{ max-width: 100%; display: block; margin: .5em 0; }}
+img {{ max-width: min(100%, 820px); display: block; margin: .5em 0; }}
 code {{ background: #f4f4f4; padding: 1px 4px; }}
 .skip {{ color: #777; font-style: italic; }}
 .chosen-line {{ font-weight: 600; }}

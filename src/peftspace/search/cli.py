@@ -23,7 +23,7 @@ the same command again: finished trials are reused, none runs twice, none is los
 Defaults (a bare `peftspace search`, < 20 min on 2 CPU cores): minilm on vader-movie, budget 0.5%%, from
 S0; stages grouping (5 candidates), allocation (3), tunable groups (5), strategy assignment (5: A, P, B
 or L in every group, or the paper's T5 assignment; `--stages paper` for the group-by-group lists);
-N=2 designs per candidate; trials: 24 steps, batch 16, lr 5e-3, max_length 48, scored on the first 200
+N=2 designs per candidate; trials: 40 steps, batch 16, lr 5e-3, max_length 48, scored on the first 200
 dev examples; final comparison: the discovered design, lora, mam and bitfit at 60 steps, batch 32,
 lr 5e-3, 1 seed, full dev and test sets. On a machine shared with other jobs, give each trial one
 thread (--cpus-per-trial 1) or set OMP_WAIT_POLICY=PASSIVE: busy-waiting OpenMP threads that lose
@@ -61,7 +61,7 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                    "stage 4 with all 15 subsets per group)")
     p.add_argument("--samples", type=int, help="N designs per candidate (default 2)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, help="trial training steps (default 24)")
+    g.add_argument("--steps", type=int, help="trial training steps (default 40)")
     g.add_argument("--epochs", type=float, help="trial training epochs instead of steps")
     p.add_argument("--batch-size", type=int, help="trial batch size (default 16)")
     p.add_argument("--lr", type=float, help="trial learning rate (default 5e-3; a nuisance variable, recorded)")

@@ -46,7 +46,7 @@ class StageSpec:
 @dataclass(frozen=True)
 class TrialSettings:
     """Low-fidelity training of one sampled design (the scientific variable is the design; these are fixed)."""
-    steps: int | None = 24  # optimizer steps (None: use epochs)
+    steps: int | None = 40  # optimizer steps (None: use epochs)
     epochs: float | None = None
     batch_size: int = 16
     lr: float = 5e-3  # a nuisance variable, recorded per trial
