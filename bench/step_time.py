@@ -513,9 +513,10 @@ def timed(fn: Callable[[], None], steps: int) -> dict:
     return {"wall": wall / steps, "cpu": cpu / steps, "others": others}
 
 
-def run_interleaved(cases: list[Case], args, deadline: float | None, log=None) -> None:
-    """Memory-count step + warm-up for every case, then interleaved repetitions until each case has
-    `args.clean` clean samples (or the deadline / `args.max_reps`), at least `args.reps` of them."""
+def run_interleaved(cases: list[Case], args, deadline: float, log=None) -> None:
+    """Memory-count step + warm-up for every case, then interleaved repetitions until every case has
+    `args.clean` clean samples and `args.reps` samples, or `args.max_reps` repetitions, or the deadline
+    (after which a repetition stops where it is; the first one always completes)."""
     live = [c for c in cases if c.shared_with is None and c.error is None]
     for c in live:  # first step: lazy state (optimizer moments) + memory count; then warm-up
         try:
@@ -540,19 +541,34 @@ def run_interleaved(cases: list[Case], args, deadline: float | None, log=None) -
             order = list(live)
             rng.shuffle(order)
             for c in order:
+                if rep and time.monotonic() > deadline:
+                    break  # a partial repetition: what it measured counts
+                if args.wait_quiet:
+                    wait_quiet(args.wait_quiet)
                 c.samples.append(timed(c.step, args.steps))
             gc.collect()
             rep += 1
             n_clean = min(sum(s["others"] < CLEAN_SHARE for s in c.samples) for c in live) if live else 0
             if log:
                 log(f"  repetition {rep}: {time.monotonic() - t_rep:.0f} s, fewest clean samples {n_clean}")
-            if rep >= args.max_reps or (rep >= args.reps and (deadline is None or n_clean >= args.clean)):
+            if rep >= args.max_reps or time.monotonic() > deadline or (rep >= args.reps and n_clean >= args.clean):
                 break
-            if deadline is not None and time.monotonic() + (time.monotonic() - t_rep) > deadline:
-                if rep >= args.reps or time.monotonic() > deadline:
-                    break
     finally:
         gc.enable()
+
+
+def wait_quiet(max_s: float) -> bool:
+    """Wait (up to max_s) for a 0.3 s window in which other processes used < 5% of the CPUs."""
+    t_end = time.monotonic() + max_s
+    while time.monotonic() < t_end:
+        j0 = _jiffies()
+        time.sleep(0.3)
+        j1 = _jiffies()
+        if j0 is None or j1 is None:
+            return True
+        if max(0, (j1[0] - j0[0]) - (j1[1] - j0[1])) / (0.3 * _HZ * (os.cpu_count() or 1)) < CLEAN_SHARE:
+            return True
+    return False
 
 
 def estimate(c: Case | None, clock: str) -> dict:
@@ -712,6 +728,8 @@ def parse_args(argv=None):
                                                         "this many clean samples (other processes < 5%% of the CPUs)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of timed repetitions per model shape (default 900; --quick: what is left of 270 s)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                   help="before each timed step, wait up to S seconds for other processes to use < 5%% of the CPUs")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: step time (the target); cpu: process CPU time, steadier on a shared machine with --threads 1")
     p.add_argument("--steps", type=int, default=1, help="steps per configuration per repetition")
