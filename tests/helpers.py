@@ -47,3 +47,11 @@ def batch(model, seed: int = 0, T: int = 7, B: int = 2, pad: bool = True) -> dic
 def logits(model, kw) -> torch.Tensor:
     with torch.no_grad():
         return model(**kw).logits
+
+
+def perturb(model, std: float = 0.05) -> None:
+    """Move every trainable tensor off its initialisation (so Δh is non-zero and heads differ)."""
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * std)

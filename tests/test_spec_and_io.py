@@ -13,7 +13,7 @@ from peftspace.attach import PlanMismatch
 from peftspace.plan import Plan, parse_budget
 from peftspace.spec import DeltaSpec, SpecError
 
-from helpers import batch, logits, tiny
+from helpers import batch, logits, perturb, tiny
 
 
 @pytest.mark.parametrize("kwargs,rule", [
@@ -79,10 +79,7 @@ def test_budget_parsing():
 def test_save_load_reproduces_outputs_exactly(tmp_path, family, method):
     model = tiny(family, "classification")
     ps.attach(model, ps.plan(model, method))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    perturb(model)
     kw = batch(model)
     ref = logits(model, kw)
     ps.save_adapter(model, tmp_path / "a")
@@ -116,10 +113,7 @@ def test_peft_export_loads_in_peft_with_equal_outputs(tmp_path, family):
 
     model = tiny(family)
     ps.attach(model, ps.plan(model, "lora:r=4"))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    perturb(model)
     kw = batch(model)
     ref = logits(model, kw)
     ps.export_peft(model, tmp_path / "peft")
@@ -152,10 +146,7 @@ def test_export_cli_round_trip(tmp_path):
 
     model = tiny("tiny-bert", "classification")
     ps.attach(model, ps.plan(model, "lora:r=4"))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    perturb(model)
     kw = batch(model)
     ref = logits(model, kw)
     ps.save_adapter(model, tmp_path / "a")

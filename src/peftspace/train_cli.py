@@ -145,17 +145,23 @@ def compare(model: str, task: str, budget, methods: list[str], seeds: list[int],
             b = None if method in ("full", "bitfit") else budget  # BitFit has its natural size
             key = _run_key(model, task, method, b, cfg)
             run_dir = out / "runs" / f"{method.replace(':', '_').replace('/', '_')}-seed{seed}-{key}"
-            rec_file = run_dir / "record.json"
-            if rec_file.is_file():
-                rec = json.loads(rec_file.read_text(encoding="utf-8"))
-                log(f"reused {method} seed {seed}: dev {rec['dev']}")
-            else:
-                log(f"training {method} seed {seed} ...")
-                rec = train(model, task_obj if task_obj is not None else task, method, budget=b, config=cfg,
-                            out=run_dir, progress=sys.stderr.isatty())
-            rec["method_key"] = method
-            runs.append(rec)
+            runs.append(run_cached(run_dir, method, seed, log, lambda: train(
+                model, task_obj if task_obj is not None else task, method, budget=b, config=cfg, out=run_dir,
+                progress=sys.stderr.isatty())))
     return runs
+
+
+def run_cached(run_dir: Path, label: str, seed: int, log, run) -> dict:
+    """The record of `run_dir` if that run finished before (never retrained), else `run()`'s."""
+    rec_file = run_dir / "record.json"
+    if rec_file.is_file():
+        rec = json.loads(rec_file.read_text(encoding="utf-8"))
+        log(f"reused {label} seed {seed}: dev {rec['dev']}")
+    else:
+        log(f"training {label} seed {seed} ...")
+        rec = run()
+    rec["method_key"] = label
+    return rec
 
 
 def summarize(runs: list[dict]) -> list[dict]:

@@ -45,6 +45,7 @@ def _design_runs(spec: SearchSpec, trial: Trial, task_obj, seeds: list[int], out
                  log: Callable[[str], None], threads: int | None) -> list[dict]:
     from ..plan import Plan
     from ..train import train
+    from ..train_cli import run_cached
 
     plan = Plan.from_dict(trial.plan, where=f"trial {trial.id}")
     lr = spec.final.design_lr if spec.final.design_lr is not None else float(trial.config["train"]["lr"])
@@ -56,16 +57,10 @@ def _design_runs(spec: SearchSpec, trial: Trial, task_obj, seeds: list[int], out
                           sort_keys=True, default=str)
         key = hashlib.sha256(body.encode()).hexdigest()[:12]
         run_dir = out / "runs" / f"{DESIGN_LABEL}-{plan.hash[:8]}-seed{seed}-{key}"
-        rec_file = run_dir / "record.json"
-        if rec_file.is_file():
-            rec = json.loads(rec_file.read_text(encoding="utf-8"))
-            log(f"reused {DESIGN_LABEL} seed {seed}: dev {rec['dev']}")
-        else:
-            log(f"training {DESIGN_LABEL} design ({trial.design.get('key', '')}) seed {seed} ...")
-            rec = train(spec.model, task_obj, plan, budget=spec.budget, config=cfg, out=run_dir,
-                        progress=sys.stderr.isatty())
-        rec["method_key"] = DESIGN_LABEL
-        runs.append(rec)
+        runs.append(run_cached(run_dir, f"{DESIGN_LABEL} design ({trial.design.get('key', '')})", seed, log,
+                               lambda: train(spec.model, task_obj, plan, budget=spec.budget, config=cfg,
+                                             out=run_dir, progress=sys.stderr.isatty())))
+        runs[-1]["method_key"] = DESIGN_LABEL
     return runs
 
 
