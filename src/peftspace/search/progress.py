@@ -37,6 +37,7 @@ class SearchProgress:
         self.best: tuple[float, str] | None = None
         self.higher = True
         self.current = ""
+        self._stage_closed = False
         self._progress = None
         self._task = None
         self.started = time.time()
@@ -56,6 +57,7 @@ class SearchProgress:
         self.seen_final = {}
         self.best = None
         self.current = ""
+        self._stage_closed = False
         self._redraw()
 
     def on_update(self, rows: list[Trial], started: Trial | None) -> None:
@@ -89,7 +91,8 @@ class SearchProgress:
         else:
             self.done_before += len(self.seen_final) if self.seen_final else n
         self.seen_final = {}
-        self.current = ""
+        self.current = f"decided: {decision.get('winner')}" if decision.get("winner") else "no winner"
+        self._stage_closed = True
         if decision.get("skipped"):
             self.total = max(1, self.total - len(self.candidates) * self.n_per_candidate)
             if self._progress is not None:
@@ -127,7 +130,8 @@ class SearchProgress:
             return
         done = self.done_before + len(self.seen_final)
         stage_total = len(self.candidates) * self.n_per_candidate
-        desc = (f"{self.stage_label} · {self.current or 'waiting'} · trial {len(self.seen_final)}/{stage_total}"
+        finished = stage_total if self._stage_closed else len(self.seen_final)
+        desc = (f"{self.stage_label} · {self.current or 'waiting'} · trial {finished}/{stage_total}"
                 f" · {self._best_text()} · ETA {_fmt_eta(self.eta())}")
         self._progress.update(self._task, completed=min(done, self.total), description=desc)
 
