@@ -647,6 +647,7 @@ def rows_for(shape: Shape, cases: list[Case], args) -> list[dict]:
 
 
 def _meets(row: dict) -> bool | None:
+    """Sets `meets_time_target` / `meets_memory_target` on a judged row and returns both together."""
     target = row.get("target")
     if target is None:
         return None
@@ -655,13 +656,11 @@ def _meets(row: dict) -> bool | None:
         # "zero overhead" is judged with the noise floor of the measurement: 1% (see README)
         return r is not None and r <= (target + 0.01 if target == 1.0 else target)
     r, mem = row.get("ratio_to_floor"), row.get("peak_memory_ratio")
-    if r is None or mem is None:
-        return False
-    ok = r <= target and mem <= MEM_TARGET
-    for a in row.get("anchors", []):
-        if a["ratio_to_floor"] is not None:
-            ok = ok and r <= a["ratio_to_floor"]
-    return ok
+    time_ok = r is not None and r <= target and all(
+        r <= a["ratio_to_floor"] for a in row.get("anchors", []) if a["ratio_to_floor"] is not None)
+    mem_ok = mem is not None and mem <= MEM_TARGET
+    row["meets_time_target"], row["meets_memory_target"] = time_ok, mem_ok
+    return time_ok and mem_ok
 
 
 # ---- output ----------------------------------------------------------------------------------------------
@@ -679,6 +678,10 @@ def print_table(shape: Shape, rows: list[dict], console, notes: list[str]) -> No
         t.add_column(col, justify=just, overflow="fold")
     for r in [r for r in rows if r["kind"] == "train"]:
         ok = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[r.get("meets_target")]
+        if r.get("meets_target") is False:
+            ok = "[red]" + ("time" if not r.get("meets_time_target") else "") + (
+                "+" if not (r.get("meets_time_target") or r.get("meets_memory_target")) else "") + (
+                "mem" if not r.get("meets_memory_target") else "") + "[/]"
         anchors = r.get("anchors") or ([{"anchor": r["anchor"], "ratio_to_floor": r.get("anchor_ratio_to_floor")}]
                                        if r.get("anchor") else [])
         spec = r["spec"] if len(r["spec"]) <= 48 else r["spec"][:45] + "..."
