@@ -124,3 +124,37 @@ def test_llama_shape_with_gqa_and_anchors(bench):
     assert all(r["error"] is None and r["ratio_to_floor"] > 0 for r in rows.values())
     if importlib.util.find_spec("peft") is not None:
         assert rows["lora"]["anchor"].startswith("peft") and rows["prefix"]["anchor"].startswith("peft")
+
+
+@pytest.mark.parametrize("family", ["tiny-bert", "tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("pad_batch", [True, False])
+def test_prefix_key_padding_is_invisible(family, pad_batch):
+    """The speed path found by the benchmark (attach.py): with SDPA on CPU the prefix keys are padded to a
+    multiple of 16 with masked zero keys; outputs and gradients equal those of the unpadded attention."""
+    import peftspace as ps
+    from peftspace.forms import Prefix
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import batch, tiny
+
+    model = tiny(family)
+    model.set_attn_implementation("sdpa")
+    ps.attach(model, ps.plan(model, "prefix:l=5"))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Prefix):
+                m.prefix_k.normal_(0, 1.0)
+                m.prefix_v.normal_(0, 1.0)
+    kw = batch(model, pad=pad_batch)
+    results = []
+    for padded in (True, False):
+        for m in model.modules():
+            if "_peftspace_sdpa" in m.__dict__:
+                m.__dict__["_peftspace_sdpa"] = padded  # False: the plain concatenation
+        model.zero_grad()
+        out = model(**kw).logits
+        out.float().pow(2).sum().backward()
+        results.append((out.detach(), torch.cat([p.grad.flatten() for _, p in ps.delta_named_parameters(model)])))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ga, gb, atol=1e-4 * max(1.0, gb.abs().max().item()), rtol=1e-4)
