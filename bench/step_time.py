@@ -735,8 +735,9 @@ def parse_args(argv=None):
     p.add_argument("--adapters-only", action="store_true", help="measure only the floor and the anchors")
     p.add_argument("--reps", type=int, default=3, help="at least this many timed repetitions")
     p.add_argument("--max-reps", type=int, default=40, help="at most this many timed repetitions")
-    p.add_argument("--clean", type=int, default=3, help="repeat (within --time-budget) until every configuration has "
-                                                        "this many clean samples (other processes < 5%% of the CPUs)")
+    p.add_argument("--clean", type=int, default=None, help="repeat (within --time-budget) until every configuration has "
+                                                           "this many clean samples (other processes < 5%% of the CPUs; "
+                                                           "default 6, --quick 8)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of timed repetitions per model shape (default 900; --quick: what is left of 270 s)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
@@ -753,6 +754,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", default=None, metavar="KEYS",
                    help="after timing, torch.profiler one step of these case keys (e.g. 'floor,lora:anchor')")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="print (and with --json write) the median of several runs' JSON rows instead of measuring")
     args = p.parse_args(argv)
     args.models = (args.models or ("minilm" if args.quick else "minilm,bert-base,llama")).split(",")
     for m in args.models:
@@ -762,6 +765,7 @@ def parse_args(argv=None):
     args.configs = set(args.configs.split(","))
     args.anchor = [] if args.anchor == "none" else args.anchor.split(",")
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    args.clean = args.clean if args.clean is not None else (8 if args.quick else 6)
     args.skip_prompt_budget = args.quick
     if args.adapters_only and "adapters" not in args.anchor:
         args.anchor.append("adapters")
@@ -825,6 +829,35 @@ def profile(cases: list[Case], keys: list[str], console) -> None:
             console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def merge_runs(paths: list[str]) -> list[dict]:
+    """Rows of several runs (separate processes: each has its own allocator and memory layout, which moves a
+    row by a few percent) merged into one: median ratios and seconds, the per-run ratios kept."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in paths:
+        for r in json.loads(Path(p).read_text(encoding="utf-8")):
+            groups.setdefault((r["model"], r["kind"], r["method"], r["config"]), []).append(r)
+    med = lambda v: statistics.median(v) if v else None  # noqa: E731
+    out = []
+    for rs in groups.values():
+        row = dict(rs[0])
+        key = "ratio_to_base" if row["kind"] == "eval" else "ratio_to_floor"
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        row[key], row["ratio_runs"], row["runs"] = med(vals), vals, len(rs)
+        row["seconds_per_step"] = med([r["seconds_per_step"] for r in rs if r.get("seconds_per_step")])
+        row["samples"] = sum(r.get("samples") or 0 for r in rs)
+        row["clean_samples"] = sum(r.get("clean_samples") or 0 for r in rs)
+        if row.get("anchors"):
+            anchors = []
+            for i, a in enumerate(row["anchors"]):
+                av = [r["anchors"][i]["ratio_to_floor"] for r in rs
+                      if len(r.get("anchors") or []) > i and r["anchors"][i]["ratio_to_floor"] is not None]
+                anchors.append({**a, "ratio_to_floor": med(av), "ratio_runs": av})
+            row["anchors"], row["anchor_ratio_to_floor"] = anchors, anchors[0]["ratio_to_floor"]
+        row["meets_target"] = _meets(row)
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> int:
     from rich.console import Console
 
@@ -839,14 +872,21 @@ def main(argv=None) -> int:
             console.print(ADAPTERS_HELP)
             if args.adapters_only:
                 return 0
-    env = environment(args.threads)
-    console.print(f"[bold]peftspace step time[/] {json.dumps(env)}")
-    t0 = time.perf_counter()
-    t_start = _T0
-    rows = run(args, console, log, t_start=t_start)
-    console.print(f"[dim]total {time.perf_counter() - t0:.0f} s[/]")
-    for r in rows:
-        r["env"] = env
+    if args.merge:
+        rows = merge_runs(args.merge)
+        for model in dict.fromkeys(r["model"] for r in rows):
+            mine = [r for r in rows if r["model"] == model]
+            shape = SHAPES.get(model) or Shape(model, "?", {}, *map(int, mine[0]["batch"].split("x")), model)
+            print_table(shape, mine, console, [f"median of {len(args.merge)} runs (processes); every run's ratios are "
+                                               "in the JSON as ratio_runs"])
+    else:
+        env = environment(args.threads)
+        console.print(f"[bold]peftspace step time[/] {json.dumps(env)}")
+        t0 = time.perf_counter()
+        rows = run(args, console, log, t_start=_T0)
+        console.print(f"[dim]total {time.perf_counter() - t0:.0f} s[/]")
+        for r in rows:
+            r["env"] = env
     if args.json:
         text = json.dumps(rows, indent=1)
         if to_stdout:

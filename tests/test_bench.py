@@ -158,3 +158,23 @@ def test_prefix_key_padding_is_invisible(family, pad_batch):
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ga, gb, atol=1e-4 * max(1.0, gb.abs().max().item()), rtol=1e-4)
+
+
+def test_merge_takes_medians_over_runs(rows, bench, tmp_path):
+    """--merge: the median of several runs' rows (a run is one process), with every run's ratio kept."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(rows))
+    slower = json.loads(json.dumps(rows))
+    for r in slower:
+        if r.get("ratio_to_floor"):
+            r["ratio_to_floor"] *= 1.5
+    b.write_text(json.dumps(slower))
+    out = tmp_path / "m.json"
+    assert bench.main(["--merge", str(a), str(b), str(a), "--json", str(out)]) == 0
+    merged = {(r["kind"], r["method"], r["config"]): r for r in json.loads(out.read_text())}
+    for r in rows:
+        m = merged[(r["kind"], r["method"], r["config"])]
+        assert m["runs"] == 3
+        if r.get("ratio_to_floor"):
+            assert m["ratio_to_floor"] == pytest.approx(r["ratio_to_floor"])  # median of (x, 1.5x, x)
+            assert len(m["ratio_runs"]) == 3
