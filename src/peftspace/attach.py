@@ -32,6 +32,7 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .arch import Arch, arch_for, dims_from_config, get_module, layers_of, linear_projs, stack_module
+from . import lean_attention
 from .forms import BiasDelta, Bottleneck, Delta, HeadBottleneck, LowRank, Prefix, Prompt
 from .plan import STACK_LEVEL, Plan
 from .sites import SiteInstance, instances
@@ -66,7 +67,12 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
     gated = [d for d in heads if isinstance(d, Prefix) and d.composition == "gate"]
     if gated:
         key, value, attention_mask, kw = _extend_with_prefixes(module, gated, query, key, value, attention_mask, kw)
-    out, weights = base(module, query, key, value, attention_mask, **kw)  # out: (B, T, H, D)
+    if gated and _lean(module, query, kw):  # training on CPU with dropout: keep less for backward (lean_attention)
+        out, weights = lean_attention.attention(query, key, value, attention_mask, kw["dropout"], kw.get("scaling"),
+                                                bool(kw.get("is_causal", getattr(module, "is_causal", False)))
+                                                and query.shape[2] > 1), None
+    else:
+        out, weights = base(module, query, key, value, attention_mask, **kw)  # out: (B, T, H, D)
     for d in heads:
         if isinstance(d, Prefix) and d.composition != "gate":
             pk, pv = d.prefixes()  # (Hkv, l, D)
@@ -79,6 +85,13 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
         elif isinstance(d, HeadBottleneck):
             out = d.composed_heads(out, query)  # out (B, T, H, D); query (B, H, T, D)
     return out, weights
+
+
+def _lean(module, query, kw) -> bool:
+    """SDPA's CPU math path with dropout (no fused kernel there): lean_attention computes the same and keeps
+    less. On GPUs SDPA's fused kernels keep little already; T5's position bias goes to its own code."""
+    return (bool(kw.get("dropout")) and query.device.type == "cpu" and bool(module.__dict__.get("_peftspace_sdpa"))
+            and kw.get("position_bias") is None and not kw.get("output_attentions"))
 
 
 def _extend_with_prefixes(module, gated, query, key, value, mask, kw):

@@ -1,0 +1,67 @@
+"""Attention with dropout that keeps less for backward, used by layers that carry prefixes while training.
+
+PyTorch's SDPA on CPU has no fused kernel with dropout: it falls back to the math path, which keeps
+three (B, H, T, S) float tensors per layer for backward — the softmax output, the dropout noise (a
+float tensor of 0 and 1/(1-p)) and the dropped probabilities that multiply V. Prefix tuning makes S
+longer by l, so all three grow by l/T (MiniLM, T=64, l=30: +47%), which is most of what prefix tuning
+costs in memory. Here the noise is a bool mask (a quarter of the bytes) and the dropped probabilities
+are recomputed in backward from the softmax output, which autograd keeps anyway: per layer 1.25 of
+those tensors instead of 3. The arithmetic is that of the math path (scores, softmax, dropout, @V);
+only what is kept changes, plus one elementwise product in backward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _DropoutMatmul(torch.autograd.Function):
+    """(P ⊙ keep / (1-p)) @ V, keeping P (already kept by softmax), the bool mask and V."""
+
+    @staticmethod
+    def forward(ctx, probs: torch.Tensor, value: torch.Tensor, p: float) -> torch.Tensor:
+        scale = 1.0 / (1.0 - p)
+        keep = torch.empty(probs.shape, dtype=torch.bool, device=probs.device).bernoulli_(1.0 - p)
+        out = torch.matmul(probs * keep * scale, value)
+        ctx.save_for_backward(probs, keep, value)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        probs, keep, value = ctx.saved_tensors
+        g_probs = g_value = None
+        if ctx.needs_input_grad[1]:
+            g_value = torch.matmul((probs * keep * ctx.scale).transpose(-1, -2), grad)
+        if ctx.needs_input_grad[0]:
+            g_probs = torch.matmul(grad, value.transpose(-1, -2)) * keep * ctx.scale
+        return g_probs, g_value, None
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+              dropout: float, scale: float | None = None, is_causal: bool = False) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + mask) with dropout, @ v. query (B, H, T, D); key, value (B, Hkv, S, D) with
+    H a multiple of Hkv (grouped-query attention: query head h reads key head h // (H / Hkv)); mask bool
+    (True = attend) or additive float, broadcastable to (B, H, T, S). Returns (B, T, H, D), as
+    transformers' attention functions do."""
+    B, H, T, D = query.shape
+    Hkv, S = key.shape[1], key.shape[2]
+    rep = H // Hkv
+    scale = D ** -0.5 if scale is None else scale
+    q = query.reshape(B, Hkv, rep * T, D)  # query heads of one key head side by side: no copy of K or V
+    scores = torch.matmul(q, key.transpose(-1, -2)).mul_(scale).view(B, Hkv, rep, T, S)
+    if is_causal and mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
+    if mask is not None:
+        m = mask if mask.dim() == 4 else mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        m = m.unsqueeze(2) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, rep, T, S)
+        if m.dtype == torch.bool:
+            scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + m
+    probs = torch.softmax(scores, dim=-1).view(B, Hkv, rep * T, S)
+    if dropout > 0.0:
+        out = _DropoutMatmul.apply(probs, value, float(dropout))
+    else:
+        out = torch.matmul(probs, value)
+    return out.view(B, H, T, D).transpose(1, 2).contiguous()
