@@ -17,8 +17,8 @@ Definitions (bench/README.md has the long form):
   embedding is made a leaf that requires grad, so backward runs through the activations of every
   layer (down to the embeddings) without computing a single weight gradient; the task head (BERT's
   or LLaMA's 2-way classifier) trains, as it does in every PEFT row.
-- peak memory: bytes of the distinct tensor storages autograd saves for backward (counted with
-  `torch.autograd.graph.saved_tensors_hooks`, parameter storages excluded) + trainable parameters +
+- peak memory: bytes of the distinct tensor storages autograd keeps for backward (read from the graph
+  after one forward, parameter storages excluded) + trainable parameters +
   their gradients + optimizer state. Frozen weights are the same in every row and are left out,
   which makes the ratio stricter. `peak_memory_ratio` = that ÷ the floor's.
 """
@@ -159,6 +159,7 @@ class Case:
     anchor: str | None = None  # label of the equivalent configuration in another library
     anchor_of: str | None = None  # for an anchor case: key of the peftspace case it is compared with
     step: Callable[[], None] | None = None
+    forward: Callable[[], torch.Tensor] | None = None  # the training forward (loss), for measure_memory
     opt: torch.optim.Optimizer | None = None
     samples: list[dict] = field(default_factory=list)  # per repetition: wall, cpu, others (see `timed`)
     memory: int | None = None
@@ -182,33 +183,61 @@ def prepare(case: Case, batch: dict) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-5)
 
+    def forward() -> torch.Tensor:
+        return model(**batch).loss
+
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        out = model(**batch)
-        out.loss.backward()
+        forward().backward()
         opt.step()
 
-    case.step, case.opt = step, opt
+    case.step, case.opt, case.forward = step, opt, forward
+
+
+def saved_storages(root, exclude: set[int]) -> dict[int, int]:
+    """Storage pointer → bytes of every tensor the autograd graph below `root` keeps for backward: the
+    `_saved_*` attributes of built-in nodes and `saved_tensors` of custom Functions. Read from the graph
+    rather than with saved_tensors_hooks, because code may (and peftspace does) keep less when no such
+    hook is active."""
+    saved: dict[int, int] = {}
+    seen: set[int] = set()
+    stack = [root]
+
+    def add(t) -> None:
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            if st.data_ptr() and st.data_ptr() not in exclude:
+                saved[st.data_ptr()] = max(saved.get(st.data_ptr(), 0), st.nbytes())
+        elif isinstance(t, (tuple, list)):
+            for u in t:
+                add(u)
+
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for attr in dir(node):
+            if attr.startswith("_saved_") or attr == "saved_tensors":
+                try:
+                    add(getattr(node, attr))
+                except RuntimeError:  # freed, or not a tensor attribute
+                    pass
+        stack.extend(fn for fn, _ in node.next_functions)
+    return saved
 
 
 def measure_memory(case: Case) -> int:
-    """Run one step, counting saved-for-backward storages + trainable params, grads, optimizer state."""
+    """One step (optimizer state exists after it), then a forward whose graph is read for what it keeps;
+    + trainable params, their grads and the optimizer state."""
     model = case.model
+    case.step()
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        try:
-            s = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # pragma: no cover - sparse/opaque tensors
-            return t
-        ptr = s.data_ptr()
-        if ptr and ptr not in param_ptrs:
-            saved[ptr] = max(saved.get(ptr, 0), s.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        case.step()
+    case.opt.zero_grad(set_to_none=True)
+    loss = case.forward()
+    saved = saved_storages(loss.grad_fn, param_ptrs)
+    loss.backward()
+    case.opt.zero_grad(set_to_none=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     state = sum(p.nbytes for p in trainable) * 2  # parameters + gradients
     for st in case.opt.state.values():

@@ -40,6 +40,70 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])  # (..., n) → (N, n); a view for the contiguous outputs of projections
 
 
+def _top_saved_hooks():
+    fn = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return True if fn is None else fn(False)  # unknown torch: behave as if hooks were active
+
+
+def _recipe(x: torch.Tensor):
+    """How to recompute x from tensors autograd already keeps for the op that made it, or None.
+
+    A low-rank down-projection x·Aᵀ must keep its input x for A's gradient. When x is the output of an
+    activation (BERT/RoBERTa/BART's GELU before the FFN's output projection) or of a product (LLaMA's
+    act(gate)·up, GPT-2's tanh GELU), the op that made x already keeps its inputs, and x is a pure
+    function of them: keeping those (the same storages: no bytes) and recomputing x in backward saves a
+    (tokens × d_ff) tensor per layer. Not used under saved-tensor hooks (checkpointing, offloading), where
+    what autograd keeps is not the tensor itself."""
+    fn = x.grad_fn
+    if fn is None or _top_saved_hooks() is not None:
+        return None
+    try:
+        name = type(fn).__name__
+        if name == "GeluBackward0":
+            approx = fn._saved_approximate
+            return (fn._saved_self,), lambda a: F.gelu(a, approximate=approx)
+        if name == "SiluBackward0":
+            return (fn._saved_self,), F.silu
+        if name == "MulBackward0":
+            a, b = fn._saved_self, fn._saved_other
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape == x.shape:
+                return (a, b), torch.mul
+    except RuntimeError:  # a saved tensor already freed or not available: keep x
+        return None
+    return None
+
+
+class _DownRecomputed(torch.autograd.Function):
+    """z = x·Aᵀ keeping the inputs of the op that made x instead of x (see `_recipe`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, fn, *sources: torch.Tensor) -> torch.Tensor:
+        ctx.fn = fn
+        ctx.save_for_backward(weight, *sources)
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, *sources = ctx.saved_tensors
+        g_x = g_w = None
+        if ctx.needs_input_grad[0]:
+            g_x = torch.matmul(grad, weight)
+        if ctx.needs_input_grad[1]:
+            x = ctx.fn(*sources)
+            g_w = _flat(grad).t().mm(_flat(x))  # (r, N)·(N, in)
+        return (g_x, g_w, None) + (None,) * len(sources)
+
+
+def _down(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x·Aᵀ, recomputing x in backward when it is a cheap function of tensors autograd keeps anyway."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        recipe = _recipe(x)
+        if recipe is not None:
+            sources, fn = recipe
+            return _DownRecomputed.apply(x, weight, fn, *(t.detach() for t in sources))
+    return F.linear(x, weight)
+
+
 def _init_pair(spec: DeltaSpec, down: torch.Tensor, up: torch.Tensor, g: torch.Generator) -> None:
     if spec.init == "lora":
         _kaiming(down, g)
@@ -96,15 +160,19 @@ class LowRank(Delta):
         self.lora_B = nn.Parameter(torch.empty(fout, spec.size))
         _init_pair(spec, self.lora_A, self.lora_B, g)
 
+    def _z(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.drop, nn.Identity) or not self.training:
+            return _down(x, self.lora_A)  # (B, T, in) → (B, T, r)
+        return F.linear(self.drop(x), self.lora_A)
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        z = F.linear(self.drop(x), self.lora_A)  # (B, T, in) → (B, T, r)
-        return torch.matmul(z, _rows(self.lora_B))  # (B, T, r) · (r, out) → (B, T, out)
+        return torch.matmul(self._z(x), _rows(self.lora_B))  # (B, T, r) · (r, out) → (B, T, out)
 
     def composed(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         alpha = self._alpha()
         if alpha is None or not h.is_contiguous():
             return super().composed(h, x)
-        z = F.linear(self.drop(x), self.lora_A)  # (B, T, r)
+        z = self._z(x)  # (B, T, r)
         # h + s·z·W_up in one GEMM: (N, out) + s·(N, r)·(r, out)
         return torch.addmm(_flat(h), _flat(z), _rows(self.lora_B), alpha=alpha).view(h.shape)
 
