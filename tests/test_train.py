@@ -108,6 +108,27 @@ def test_cli_train_and_compare_reuse(tmp_path, capsys):
     assert second["rows"] == first["rows"] and len(list((out / "runs").iterdir())) == n_runs
 
 
+def test_compare_takes_a_saved_plan_as_the_design(tmp_path, capsys):
+    """--design PLAN.json (e.g. the design a search discovered) trains that plan as it is, under a label
+    from its hash; a missing file is refused with what to pass instead."""
+    csv = _sentiment_csv(tmp_path / "d.csv")
+    args = ["--model", "tiny-bert", "--task", f"csv:{csv}", "--text-column", "text", "--label-column", "label",
+            "--steps", "2", "--batch-size", "8", "--max-length", "16", "--seeds", "1", "--methods", "lora"]
+    model = ps.load_model("tiny-bert", task="classification", num_labels=2, seed=0)
+    plan = ps.plan(model, [{"name": "q_lora", "form": "lora", "sites": ["attn.q"], "size": 3},
+                                {"name": "ffn_bias", "form": "bias", "sites": ["ffn.out"]}])
+    pfile = tmp_path / "plan.json"
+    pfile.write_text(plan.to_json(), encoding="utf-8")
+    out = tmp_path / "cmp"
+    assert main(["compare", *args, "--budget", "2%", "--design", str(pfile), "--out", str(out), "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    label = f"design-{plan.hash[:8]}"
+    assert set(rows) == {"lora", label}
+    assert rows[label]["trainable_params"] == plan.trainable_params
+    assert main(["compare", *args, "--design", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+    assert "no such plan file" in capsys.readouterr().err
+
+
 # ---- real packaged models (what users run) -----------------------------------------------------------
 @pytest.mark.slow
 def test_minilm_lora_beats_untrained_head_by_10_points():

@@ -10,6 +10,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from .spec import SpecError
 from .train import TrainConfig
 
 COMPARE_METHODS = ["full", "bitfit", "prompt", "prefix", "lora", "adapter", "pa", "mam"]
@@ -111,8 +112,8 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train and evaluate a method or plan on a task",
                        description="Train a PEFT method (or a plan, or full fine-tuning with --method full) and "
                        "evaluate on dev and test. Defaults: minilm on vader-movie, He et al. Table 8 hyperparameters.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="minilm")
+                       formatter_class=_Help)
+    p.add_argument("--model", default="minilm", help="packaged name (minilm, smollm2), a local path or a hub id")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--method", default="lora", help="preset[:k=v,...], 'full', or a YAML/JSON spec file")
     src.add_argument("--plan", help="a plan JSON file (peftspace plan --out / sample --json / search)")
@@ -140,15 +141,38 @@ def compare(model: str, task: str, budget, methods: list[str], seeds: list[int],
     out = Path(out)
     runs: list[dict] = []
     for method in methods:
+        label, run_method, b = method, method, None if method in ("full", "bitfit") else budget  # BitFit: natural size
+        if method.endswith(".json"):  # a saved plan, e.g. the design a search discovered (its adapter/plan.json)
+            run_method = _load_plan_file(method)
+            label, b = f"design-{run_method.hash[:8]}", None  # sized already
         for seed in seeds:
             cfg = config.replace(seed=seed)
-            b = None if method in ("full", "bitfit") else budget  # BitFit has its natural size
-            key = _run_key(model, task, method, b, cfg)
-            run_dir = out / "runs" / f"{method.replace(':', '_').replace('/', '_')}-seed{seed}-{key}"
-            runs.append(run_cached(run_dir, method, seed, log, lambda: train(
-                model, task_obj if task_obj is not None else task, method, budget=b, config=cfg, out=run_dir,
+            key = _run_key(model, task, label, b, cfg)
+            run_dir = out / "runs" / f"{label.replace(':', '_').replace('/', '_')}-seed{seed}-{key}"
+            runs.append(run_cached(run_dir, label, seed, log, lambda: train(
+                model, task_obj if task_obj is not None else task, run_method, budget=b, config=cfg, out=run_dir,
                 progress=sys.stderr.isatty())))
     return runs
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one and the help text does not state it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _load_plan_file(path: str):
+    from .plan import Plan
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{path}: no such plan file (pass a plan JSON, e.g. a search's "
+                        "final-*/runs/discovered-*/adapter/plan.json, or design:SPACE)")
+    return Plan.from_json(p.read_text(encoding="utf-8"), where=path)
 
 
 def run_cached(run_dir: Path, label: str, seed: int, log, run) -> dict:
@@ -246,14 +270,17 @@ def add_compare_parser(sub) -> None:
                        description="Train full fine-tuning, BitFit (natural size) and every baseline sized to the same "
                        "budget over several seeds; print the median and spread per method in the shape of He et al. "
                        "Table 2 and write a plot. Finished runs are reused when the command is repeated.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="minilm")
-    p.add_argument("--budget", default="0.5%")
+                       formatter_class=_Help)
+    p.add_argument("--model", default="minilm", help="packaged name (minilm, smollm2), a local path or a hub id")
+    p.add_argument("--budget", default="0.5%", help="trainable parameters of every method but full and bitfit: "
+                   "'0.5%%' of the backbone or a count")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     p.add_argument("--methods", help=f"comma-separated (default: {','.join(COMPARE_METHODS)})")
-    p.add_argument("--design", help="also a design-space design, e.g. design:chen2023-t5 (see peftspace sample)")
+    p.add_argument("--design", help="also a design-space design: design:SPACE samples one per seed (e.g. "
+                   "design:chen2023-t5, see peftspace sample), or a plan JSON such as the design a search discovered "
+                   "(RUN/final-*/runs/discovered-*/adapter/plan.json)")
     p.add_argument("--out", help="directory for runs and the table (default runs/compare-MODEL-TASK)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the comparison rows as JSON")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     _add_data_args(p)
     _add_train_args(p)
