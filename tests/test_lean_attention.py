@@ -141,3 +141,35 @@ def test_prefix_models_train_through_it(name, monkeypatch):
     assert n_train == model.config.num_hidden_layers and set(calls) == {0.1} and len(calls) == n_train
     grads = [p.grad for n, p in model.named_parameters() if "peftspace" in n and p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_gqa_prefix_layers_read_kv_heads_in_place(name, monkeypatch):
+    """On CPU a grouped-query prefix layer calls SDPA with enable_gqa instead of transformers' repeated K/V:
+    logits and gradients equal those of the model's own path."""
+    import sys
+
+    import peftspace as ps
+
+    mod = sys.modules["peftspace.attach"]  # the module (ps.attach is the function)
+    model = tiny(name)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ps.attach(model, ps.plan(model, "prefix:l=5"))
+    inputs = batch(model)
+    seen = []
+    real = mod._cpu_path
+    monkeypatch.setattr(mod, "_cpu_path", lambda *a: seen.append(real(*a)) or seen[-1])
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs).logits
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for n, p in model.named_parameters() if "peftspace" in n]
+
+    got = run()
+    assert "gqa" in seen
+    monkeypatch.setattr(mod, "_cpu_path", lambda *a: None)
+    want = run()
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -67,10 +67,15 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
     gated = [d for d in heads if isinstance(d, Prefix) and d.composition == "gate"]
     if gated:
         key, value, attention_mask, kw = _extend_with_prefixes(module, gated, query, key, value, attention_mask, kw)
-    if gated and _lean(module, query, kw):  # training on CPU with dropout: keep less for backward (lean_attention)
+    path = _cpu_path(module, query, key, kw) if gated else None
+    causal = bool(kw.get("is_causal", getattr(module, "is_causal", False))) and query.shape[2] > 1
+    if path == "lean":  # training with dropout: keep less for backward (lean_attention)
         out, weights = lean_attention.attention(query, key, value, attention_mask, kw["dropout"], kw.get("scaling"),
-                                                bool(kw.get("is_causal", getattr(module, "is_causal", False)))
-                                                and query.shape[2] > 1), None
+                                                causal), None
+    elif path == "gqa":  # grouped-query heads read their key/value head in place (transformers copies them)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=kw.get("scaling"),
+                                             is_causal=causal and attention_mask is None, enable_gqa=True)
+        out, weights = out.transpose(1, 2).contiguous(), None
     else:
         out, weights = base(module, query, key, value, attention_mask, **kw)  # out: (B, T, H, D)
     for d in heads:
@@ -87,11 +92,20 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
     return out, weights
 
 
-def _lean(module, query, kw) -> bool:
-    """SDPA's CPU math path with dropout (no fused kernel there): lean_attention computes the same and keeps
-    less. On GPUs SDPA's fused kernels keep little already; T5's position bias goes to its own code."""
-    return (bool(kw.get("dropout")) and query.device.type == "cpu" and bool(module.__dict__.get("_peftspace_sdpa"))
-            and kw.get("position_bias") is None and not kw.get("output_attentions"))
+def _cpu_path(module, query, key, kw) -> str | None:
+    """Where a prefix layer of an SDPA model on CPU does better than transformers' SDPA call (which is right
+    for GPUs): with dropout, SDPA has no fused CPU kernel and its math path keeps three (B, H, T, S) float
+    tensors: "lean" (lean_attention) keeps the softmax output and a bool mask. With grouped-query heads and
+    a mask, transformers repeats K and V to every query head (CUDA's kernels want that): on CPU, SDPA's
+    flash kernel reads them in place ("gqa"): the same output, K and V kept at their own head count (the
+    prefix makes them longer). Anything else (T5's position bias, soft-capping, sinks) goes to the model's
+    own function."""
+    if (query.device.type != "cpu" or not module.__dict__.get("_peftspace_sdpa") or kw.get("output_attentions")
+            or any(kw.get(k) is not None for k in ("position_bias", "softcap", "s_aux", "cache"))):
+        return None
+    if kw.get("dropout"):
+        return "lean"
+    return "gqa" if key.shape[1] != query.shape[1] else None
 
 
 def _extend_with_prefixes(module, gated, query, key, value, mask, kw):
