@@ -95,14 +95,15 @@ def test_recipe_declines_what_it_cannot_recompute():
         assert forms._recipe(torch.nn.functional.gelu(x)) is None
 
 
+@pytest.mark.parametrize("method", ["lora_ffn:r=4", "adapter:r=4"])
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_gradient_checkpointing_still_gives_the_same_gradients(reentrant):
+def test_gradient_checkpointing_still_gives_the_same_gradients(reentrant, method):
     """Under HF gradient checkpointing (saved-tensor hooks, or no graph in the first pass) nothing is
     recomputed by forms; the gradients equal those of a run without checkpointing."""
     model = tiny("tiny-bert")
-    ps.attach(model, ps.plan(model, "lora_ffn:r=4"))
+    ps.attach(model, ps.plan(model, method))
     for n, p in model.named_parameters():
-        if "lora_B" in n:
+        if "lora_B" in n or n.endswith("up.weight"):
             torch.nn.init.normal_(p, 0, 0.1, generator=torch.Generator().manual_seed(1))
     inputs = batch(model)
     want, _ = _grads(model, inputs, hooks=False)
@@ -110,8 +111,39 @@ def test_gradient_checkpointing_still_gives_the_same_gradients(reentrant):
     for m in model.modules():  # no dropout, so both runs see the same function
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     got, _ = _grads(model, inputs, hooks=False)
     assert got.keys() == want.keys()
     for k in got:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama", "tiny-gpt2", "tiny-bart", "tiny-t5"])
+@pytest.mark.parametrize("method", ["adapter:r=4", "pfeiffer:r=4"])
+def test_sequential_adapters_keep_the_projection_input_with_the_plain_gradients(name, method):
+    """A sequential adapter reads h = W·a + b, the output of a frozen projection: its down-projection's
+    gradient is taken through a (kept anyway, or recomputed) instead of keeping h. Same gradients."""
+    model = tiny(name)
+    ps.attach(model, ps.plan(model, method))
+    for n, p in model.named_parameters():  # non-zero up-projections: every gradient non-trivial
+        if "peftspace" in n and n.endswith("up.weight"):
+            torch.nn.init.normal_(p, 0, 0.1, generator=torch.Generator().manual_seed(1))
+    inputs = batch(model)
+
+    def run(hooks):
+        model.zero_grad(set_to_none=True)
+        ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t) if hooks else torch.enable_grad()
+        with ctx:
+            loss = model(**inputs).logits.float().square().mean()
+            n = sum(type(f).__name__ == "_DownThroughBackward" for f in _nodes(loss.grad_fn))
+            loss.backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}, n
+
+    fast, n_fast = run(False)
+    plain, n_plain = run(True)
+    assert n_plain == 0
+    if name in ("tiny-llama", "tiny-bert", "tiny-gpt2"):  # FFN output projections read act(·) (recomputable)
+        assert n_fast > 0
+    assert fast.keys() == plain.keys()
+    for k in fast:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-4, atol=1e-6, msg=k)

@@ -334,6 +334,8 @@ def _linear_parallel_hook(delta: Delta, sl: slice | None):
 def _sequential_hook(delta: Delta, sl: slice | None):
     def hook(mod, args, out):
         if sl is None:
+            if isinstance(delta, Bottleneck) and args:  # down-projection of h = mod(args[0]): see forms._down_through
+                return delta.composed(out, out, source=(mod, args[0]))
             return delta.composed(out, out)
         h = out[..., sl]
         return _splice(out, sl, delta.compose(h, delta.delta(h), h))

@@ -104,6 +104,85 @@ def _down(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
+_VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "TransposeBackward0", "ReshapeAliasBackward0", "AliasBackward0",
+          "PermuteBackward0", "ExpandBackward0", "AsStridedBackward0")
+
+
+def _kept(t: torch.Tensor) -> bool:
+    """Whether the op that made t (seen through views of it) keeps t's storage for its own backward, as
+    SDPA's CPU flash kernel keeps its output, which is the attention's output projection's input."""
+    fn, ptr = t.grad_fn, t.untyped_storage().data_ptr()
+    for _ in range(8):
+        if fn is None:
+            return False
+        for attr in dir(fn):
+            if attr.startswith("_saved_"):
+                try:
+                    v = getattr(fn, attr)
+                except RuntimeError:
+                    continue
+                if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr:
+                    return True
+        if type(fn).__name__ not in _VIEWS:
+            return False
+        fn = fn.next_functions[0][0]
+    return False
+
+
+class _DownThrough(torch.autograd.Function):
+    """z = h·W_dnᵀ + b_dn where h = a·W + b is the output of a frozen projection (W as (in, out)): W_dn's
+    gradient gᵀ·h = (gᵀ·a)·W + (gᵀ·1)·b needs a, which autograd keeps anyway (or recomputes from what it
+    keeps), instead of h, which nothing else keeps. The sequential adapter's extra memory goes."""
+
+    @staticmethod
+    def forward(ctx, h, w_dn, b_dn, w_prev, b_prev, fn, *sources):
+        ctx.fn, ctx.has_b_prev = fn, b_prev is not None
+        ctx.save_for_backward(w_dn, w_prev, *((b_prev,) if b_prev is not None else ()), *sources)
+        return F.linear(h, w_dn, b_dn)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w_dn, w_prev, *rest = ctx.saved_tensors
+        b_prev = rest.pop(0) if ctx.has_b_prev else None
+        a = ctx.fn(*rest) if ctx.fn is not None else rest[0]
+        gf = _flat(grad)  # (N, r)
+        g_h = torch.matmul(grad, w_dn) if ctx.needs_input_grad[0] else None
+        g_w = g_b = None
+        if ctx.needs_input_grad[1]:
+            g_w = gf.t().mm(_flat(a)).mm(w_prev)  # (r, N)·(N, in)·(in, out)
+            if b_prev is not None:
+                g_w = g_w.addr_(gf.sum(0), b_prev)
+        if ctx.needs_input_grad[2]:
+            g_b = gf.sum(0)
+        return (g_h, g_w, g_b, None, None, None) + (None,) * len(rest)
+
+
+def _down_through(h: torch.Tensor, down: nn.Linear, prev: nn.Module, a: torch.Tensor) -> torch.Tensor | None:
+    """down(h) for h = prev(a), keeping a (or what recomputes it) instead of h; None where that does not apply."""
+    if not (torch.is_grad_enabled() and down.weight.requires_grad) or _top_saved_hooks() is not None:
+        return None
+    w = getattr(prev, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.requires_grad or (getattr(prev, "bias", None) is not None
+                                                               and prev.bias.requires_grad):
+        return None
+    if isinstance(prev, nn.Linear):
+        w_prev = w.t()  # (in, out)
+    elif type(prev).__name__ == "Conv1D":  # GPT-2: x·W + b with W (in, out)
+        w_prev = w
+    else:
+        return None
+    if a.shape[:-1] != h.shape[:-1] or a.shape[-1] != w_prev.shape[0]:
+        return None
+    if _kept(a):
+        fn, sources = None, (a.detach(),)
+    else:
+        recipe = _recipe(a)
+        if recipe is None:
+            return None
+        sources, fn = tuple(t.detach() for t in recipe[0]), recipe[1]
+    return _DownThrough.apply(h, down.weight, down.bias, w_prev, prev.bias, fn, *sources)
+
+
 def _init_pair(spec: DeltaSpec, down: torch.Tensor, up: torch.Tensor, g: torch.Generator) -> None:
     if spec.init == "lora":
         _kaiming(down, g)
@@ -196,17 +275,26 @@ class Bottleneck(Delta):
             nn.init.zeros_(self.up.bias)
         self.act = _ACTS[spec.act]
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.act(self.down(self.drop(x)))  # (B, T, x) → (B, T, r)
+    def _z(self, x: torch.Tensor, source=None) -> torch.Tensor:
+        """down(x); `source` = (projection, its input) when x is that frozen projection's output (sequential
+        insertion), so backward can keep the input instead of x (`_down_through`)."""
+        if source is not None and (isinstance(self.drop, nn.Identity) or not self.training):
+            z = _down_through(x, self.down, *source)
+            if z is not None:
+                return z
+        return self.down(self.drop(x))
+
+    def delta(self, x: torch.Tensor, source=None) -> torch.Tensor:
+        a = self.act(self._z(x, source))  # (B, T, x) → (B, T, r)
         if self.up.bias is None:
             return torch.matmul(a, _rows(self.up.weight))  # (B, T, r) · (r, h) → (B, T, h)
         return torch.addmm(self.up.bias, _flat(a), _rows(self.up.weight)).view(*a.shape[:-1], -1)
 
-    def composed(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def composed(self, h: torch.Tensor, x: torch.Tensor, source=None) -> torch.Tensor:
         alpha = self._alpha()
         if alpha is None or not h.is_contiguous():
-            return super().composed(h, x)
-        a = self.act(self.down(self.drop(x)))  # (B, T, r)
+            return self.compose(h, self.delta(x, source), x)
+        a = self.act(self._z(x, source))  # (B, T, r)
         out = torch.addmm(_flat(h), _flat(a), _rows(self.up.weight), alpha=alpha)  # h + s·a·W_up: (N, h)
         if self.up.bias is not None:
             out = out.add_(self.up.bias, alpha=alpha)  # in place on the fresh GEMM output (not saved by autograd)
