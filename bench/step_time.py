@@ -17,10 +17,10 @@ Definitions (bench/README.md has the long form):
   embedding is made a leaf that requires grad, so backward runs through the activations of every
   layer (down to the embeddings) without computing a single weight gradient; the task head (BERT's
   or LLaMA's 2-way classifier) trains, as it does in every PEFT row.
-- peak memory: bytes of the distinct tensor storages autograd keeps for backward (read from the graph
-  after one forward, parameter storages excluded) + trainable parameters +
-  their gradients + optimizer state. Frozen weights are the same in every row and are left out,
-  which makes the ratio stricter. `peak_memory_ratio` = that ÷ the floor's.
+- peak memory: the frozen weights and buffers + the distinct tensor storages autograd keeps for
+  backward (read from the graph after one forward; parameter storages excluded) + trainable
+  parameters, their gradients and the optimizer state. `peak_memory_ratio` = that ÷ the floor's (the
+  target); `extra_memory_ratio` leaves the frozen weights out of both (stricter: the "kept" column).
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class Case:
     forward: Callable[[], torch.Tensor] | None = None  # the training forward (loss), for measure_memory
     opt: torch.optim.Optimizer | None = None
     samples: list[dict] = field(default_factory=list)  # per repetition: wall, cpu, others (see `timed`)
-    memory: int | None = None
+    memory: int | None = None  # peak: frozen weights + what the step keeps + trainable state
+    extra_memory: int | None = None  # the same without the frozen weights
     error: str | None = None
     shared_with: str | None = None  # same plan as another case: measured once
     is_anchor: bool = False
@@ -227,9 +228,10 @@ def saved_storages(root, exclude: set[int]) -> dict[int, int]:
     return saved
 
 
-def measure_memory(case: Case) -> int:
-    """One step (optimizer state exists after it), then a forward whose graph is read for what it keeps;
-    + trainable params, their grads and the optimizer state."""
+def measure_memory(case: Case) -> tuple[int, int]:
+    """(peak, beyond the frozen weights): one step (optimizer state exists after it), then a forward whose
+    graph is read for what it keeps; + trainable params, their grads and the optimizer state; the peak adds
+    the frozen weights and buffers (every distinct storage that does not train)."""
     model = case.model
     case.step()
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -242,7 +244,12 @@ def measure_memory(case: Case) -> int:
     state = sum(p.nbytes for p in trainable) * 2  # parameters + gradients
     for st in case.opt.state.values():
         state += sum(v.nbytes for v in st.values() if isinstance(v, torch.Tensor))
-    return sum(saved.values()) + state
+    extra = sum(saved.values()) + state
+    frozen: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if not t.requires_grad:
+            frozen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(frozen.values()) + extra, extra
 
 
 # ---- builders ----------------------------------------------------------------------------------------
@@ -556,7 +563,7 @@ def run_interleaved(cases: list[Case], args, deadline: float, log=None) -> None:
     for c in live:  # first step: lazy state (optimizer moments) + memory count; then warm-up
         try:
             if c.kind == "train":
-                c.memory = measure_memory(c)
+                c.memory, c.extra_memory = measure_memory(c)
             else:
                 c.step()
             for _ in range(args.warmup):
@@ -622,7 +629,7 @@ def rows_for(shape: Shape, cases: list[Case], args) -> list[dict]:
     resolve = lambda c: by_key[c.shared_with] if c.shared_with else c  # noqa: E731
     floor = estimate(by_key["floor"], args.clock)
     base = estimate(by_key.get("eval:base"), args.clock)
-    f_t, f_mem = floor["best"], by_key["floor"].memory
+    f_t, f_mem, f_extra = floor["best"], by_key["floor"].memory, by_key["floor"].extra_memory
     anchors: dict[str, list[Case]] = {}
     for c in cases:
         if c.anchor_of:
@@ -643,6 +650,8 @@ def rows_for(shape: Shape, cases: list[Case], args) -> list[dict]:
             "ratio_to_floor": (e["best"] / ref) if e["best"] and ref else None,
             "peak_memory_bytes": m.memory,
             "peak_memory_ratio": (m.memory / f_mem) if m.memory and f_mem else None,
+            "extra_memory_bytes": m.extra_memory,
+            "extra_memory_ratio": (m.extra_memory / f_extra) if m.extra_memory and f_extra else None,
             "error": m.error,
         }
         if c.kind == "eval":
@@ -656,7 +665,9 @@ def rows_for(shape: Shape, cases: list[Case], args) -> list[dict]:
             row.setdefault("anchors", []).append({
                 "anchor": a.anchor, "seconds_per_step": ae["best"], "clean_samples": ae["clean"],
                 "ratio_to_floor": (ae["best"] / f_t) if ae["best"] and f_t else None,
-                "peak_memory_ratio": (a.memory / f_mem) if a.memory and f_mem else None, "error": a.error})
+                "peak_memory_ratio": (a.memory / f_mem) if a.memory and f_mem else None,
+                "extra_memory_ratio": (a.extra_memory / f_extra) if a.extra_memory and f_extra else None,
+                "error": a.error})
         if row.get("anchors"):  # the flat fields the issue names: the first anchor (peft, then adapters)
             first = row["anchors"][0]
             row["anchor"], row["anchor_ratio_to_floor"] = first["anchor"], first["ratio_to_floor"]
@@ -702,7 +713,8 @@ def print_table(shape: Shape, rows: list[dict], console, notes: list[str]) -> No
 
     t = Table(title=f"{shape.name}: {shape.note}; batch {shape.batch} x {shape.seq}", show_lines=False)
     for col, just in (("method", "left"), ("config", "left"), ("spec", "left"), ("Δh %", "right"),
-                      ("s/step", "right"), ("clean", "right"), ("× floor", "right"), ("mem × floor", "right"), ("anchor", "left"),
+                      ("s/step", "right"), ("clean", "right"), ("× floor", "right"), ("mem × floor", "right"),
+                      ("kept × floor", "right"), ("anchor", "left"),
                       ("anchor × floor", "right"), ("target", "right"), ("ok", "center")):
         t.add_column(col, justify=just, overflow="fold")
     for r in [r for r in rows if r["kind"] == "train"]:
@@ -717,7 +729,8 @@ def print_table(shape: Shape, rows: list[dict], console, notes: list[str]) -> No
         t.add_row(r["method"], r["config"], spec + (f" [red]{r['error']}[/]" if r.get("error") else ""),
                   _f(r.get("percent"), "{:.3f}"), _f(r.get("seconds_per_step")),
                   f"{r.get('clean_samples', 0)}/{r.get('samples', 0)}", _f(r.get("ratio_to_floor")),
-                  _f(r.get("peak_memory_ratio")), "\n".join(a["anchor"] for a in anchors),
+                  _f(r.get("peak_memory_ratio")), _f(r.get("extra_memory_ratio")),
+                  "\n".join(a["anchor"] for a in anchors),
                   "\n".join(_f(a["ratio_to_floor"]) for a in anchors) or _f(None),
                   _f(r.get("target"), "≤{:.2f}") if r.get("target") else ("exempt" if r["method"] in EXEMPT else ""),
                   ok)

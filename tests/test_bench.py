@@ -106,11 +106,15 @@ def test_memory_counts_saved_activations_and_state(bench):
     full = bench.Case("full", "full", "reference", "", bench.full_model(base))
     for c in (floor, full):
         bench.prepare(c, batch)
-        c.memory = bench.measure_memory(c)
+        c.memory, c.extra_memory = bench.measure_memory(c)
     n_backbone = sum(p.numel() for p in base.base_model.parameters())
     # full fine-tuning holds fp32 params + grads + two AdamW moments of every backbone weight besides activations
-    assert full.memory - floor.memory >= 0.9 * 16 * n_backbone
-    assert floor.memory > 16 * sum(p.numel() for p in bench.head_parameters(base)), "saved activations are counted"
+    assert full.extra_memory - floor.extra_memory >= 0.9 * 16 * n_backbone
+    assert floor.extra_memory > 16 * sum(p.numel() for p in bench.head_parameters(base)), "kept activations count"
+    # the peak adds the frozen weights and buffers: all of the floor's backbone, nothing of full fine-tuning's
+    buffers = sum(b.untyped_storage().nbytes() for b in base.base_model.buffers())
+    assert floor.memory - floor.extra_memory == 4 * n_backbone + buffers
+    assert full.memory - full.extra_memory == buffers
 
 
 def test_llama_shape_with_gqa_and_anchors(bench):
