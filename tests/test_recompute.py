@@ -122,7 +122,8 @@ def test_gradient_checkpointing_still_gives_the_same_gradients(reentrant, method
 @pytest.mark.parametrize("method", ["adapter:r=4", "pfeiffer:r=4"])
 def test_sequential_adapters_keep_the_projection_input_with_the_plain_gradients(name, method):
     """A sequential adapter reads h = W·a + b, the output of a frozen projection: its down-projection's
-    gradient is taken through a (kept anyway, or recomputed) instead of keeping h. Same gradients."""
+    gradient is taken through a where autograd keeps a anyway (SDPA's CPU flash kernel keeps its output, the
+    attention output projection's input) instead of keeping h. Same gradients."""
     model = tiny(name)
     ps.attach(model, ps.plan(model, method))
     for n, p in model.named_parameters():  # non-zero up-projections: every gradient non-trivial
@@ -142,7 +143,8 @@ def test_sequential_adapters_keep_the_projection_input_with_the_plain_gradients(
     fast, n_fast = run(False)
     plain, n_plain = run(True)
     assert n_plain == 0
-    if name in ("tiny-llama", "tiny-bert", "tiny-gpt2"):  # FFN output projections read act(·) (recomputable)
+    if name == "tiny-llama" and method.startswith("adapter"):  # causal, no dropout: the flash kernel keeps
+        # the attention output (pfeiffer has no adapter after attention)
         assert n_fast > 0
     assert fast.keys() == plain.keys()
     for k in fast:
