@@ -161,3 +161,35 @@ def test_design_space_design_as_a_method():
     assert label == "design:S0,groups=2"
     assert abs(plan.trainable_params / (0.01 * plan.backbone_params) - 1) <= 0.01
     assert ps.attached_plan(model) is plan
+
+
+def test_mixed_plan_trains_each_form_at_its_preset_rate(tmp_path, monkeypatch):
+    """Without --lr, a design mixing forms gives each Δh its form's preset rate (presets.FORM_LR) and the
+    head the adapters' rate; a single preset keeps its one rate. Checked on the optimizer train() builds."""
+    from peftspace import presets
+
+    task = load_task(f"csv:{_sentiment_csv(tmp_path / 'd.csv')}", text_column="text", label_column="label")
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        opt = real(groups, **kw)
+        seen.append(opt)
+        return opt
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    model = ps.load_model("tiny-bert")
+    plan = ps.plan(model, "lora+prefix+bitfit")
+    cfg = FAST.replace(steps=2, eval_every=2, lr=None)
+    rec = train(model, task, plan, config=cfg, progress=False)
+    assert rec["lr_by_form"] == {"lora": presets.FORM_LR["lora"], "prefix": presets.FORM_LR["prefix"],
+                                 "bias": presets.FORM_LR["bias"]}
+    rate = {id(p): g["initial_lr"] for g in seen[-1].param_groups for p in g["params"]}  # before the schedule
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        want = (presets.FORM_LR["lora"] if "lora_" in name else presets.FORM_LR["prefix"] if "prefix_" in name
+                else presets.FORM_LR["bias"] if "delta_bias" in name else presets.OTHER_LR)
+        assert rate[id(p)] == want, name
+    rec = train("tiny-bert", task, "lora", config=cfg, progress=False)
+    assert rec["lr_by_form"] is None and {g["initial_lr"] for g in seen[-1].param_groups} == {presets.DEFAULT_LR["lora"]}

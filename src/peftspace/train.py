@@ -4,7 +4,8 @@ AdamW, linear warm-up then linear decay, gradient clipping, optional label smoot
 dynamic padding, evaluation every N steps with best-on-dev selection, a saved state and a clear
 error when the loss turns NaN/inf, a rich progress bar, metrics as JSON lines. Classification
 defaults follow He et al. Table 8 (lr 1e-4, batch 32, 6% warm-up, weight decay 0.1, max grad norm
-1.0); a preset may carry its own default learning rate (`presets.DEFAULT_LR`), used when `lr` is None.
+1.0); a preset may carry its own default learning rate (`presets.DEFAULT_LR`), used when `lr` is None; a
+design or mixed plan trains each Δh at its form's preset rate (`presets.FORM_LR`).
 
 `train()` returns a run record (a plain dict, JSON-ready): dev/test metrics, trainable params and
 percent, seconds per step, peak memory, the plan and the configuration.
@@ -29,7 +30,7 @@ import torch
 
 from .attach import attach, delta_named_parameters
 from .plan import Plan, make_plan, model_arch
-from .presets import DEFAULT_LR
+from .presets import DEFAULT_LR, FORM_LR, HEADS_LR, OTHER_LR
 from .spec import SpecError
 
 
@@ -39,7 +40,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float | None = None  # None: the preset's default (presets.DEFAULT_LR) or 1e-4 (He et al. Table 8)
+    lr: float | None = None  # None: the preset's (presets.DEFAULT_LR), per form for mixed plans (FORM_LR)
     batch_size: int = 32
     epochs: float = 3.0
     steps: int | None = None  # overrides epochs
@@ -78,6 +79,27 @@ def _method_name(method) -> str | None:
     if isinstance(method, str):
         return method.split(":")[0]
     return None
+
+
+def _form_lr(delta) -> float:
+    spec = delta.spec
+    if spec.form == "bottleneck" and "attn.heads" in spec.sites:
+        return HEADS_LR
+    return FORM_LR.get(spec.form, OTHER_LR)
+
+
+def _form_rates(model) -> dict[int, float]:
+    """id(parameter) → learning rate of the Δh it belongs to (presets.FORM_LR)."""
+    from .forms import Delta
+
+    return {id(p): _form_lr(m) for m in model.modules() if isinstance(m, Delta) for p in m.parameters()}
+
+
+def _form_names(model) -> dict[str, float]:
+    from .forms import Delta
+
+    return {m.spec.form + ("@attn.heads" if _form_lr(m) == HEADS_LR and m.spec.form == "bottleneck" else ""): _form_lr(m)
+            for m in model.modules() if isinstance(m, Delta)}
 
 
 def prepare(model, plan_or_method, budget=None, seed: int = 0) -> tuple[Plan | None, str]:
@@ -195,6 +217,9 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
     lr = config.lr if config.lr is not None else DEFAULT_LR.get(_method_name(method) or "", 1e-4)
     if label == "full":
         lr = config.lr if config.lr is not None else DEFAULT_LR["full"]
+    per_form = config.lr is None and plan is not None and _method_name(method) not in DEFAULT_LR
+    if per_form:  # a mixed plan: each Δh at its form's preset rate (presets.FORM_LR)
+        lr = OTHER_LR
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     delta_params = sum(p.numel() for _, p in delta_named_parameters(model)) if plan is not None else n_trainable
@@ -206,10 +231,14 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
     eval_every = config.eval_every or min(steps_per_epoch, total)
     warmup = int(round(config.warmup * total))
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    rate = _form_rates(model) if per_form else {}
+    groups: dict[tuple[float, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((rate.get(id(p), lr), p.dim() >= 2), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "lr": r, "weight_decay": config.weight_decay if decays else 0.0}
+                             for (r, decays), ps in groups.items()], lr=lr)
+    lr_by_form = {f: r for f, r in _form_names(model).items()} if per_form else None
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
 
@@ -256,7 +285,7 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
                 step += 1
                 step_time += time.perf_counter() - t0
                 losses.append(float(loss.item()))
-                emit({"event": "train", "step": step, "loss": float(loss.item()), "lr": sched.get_last_lr()[0]})
+                emit({"event": "train", "step": step, "loss": float(loss.item()), "lr": lr * sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]})
                 if bar:
                     bar[0].update(bar[1], advance=1, description=f"{label} on {task_obj.name} loss {loss.item():.3f}")
                 if step % eval_every == 0 or step == total:
@@ -290,7 +319,7 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
         "backbone_params": backbone,
         "percent": plan.percent if plan is not None else 100.0,
         "seconds_per_step": step_time / max(1, step), "train_seconds": step_time, "load_seconds": load_seconds,
-        "peak_memory_mb": _peak_memory_mb(), "lr": lr, "config": dataclasses.asdict(config),
+        "peak_memory_mb": _peak_memory_mb(), "lr": lr, "lr_by_form": lr_by_form, "config": dataclasses.asdict(config),
         "plan": plan.to_dict() if plan is not None else None, "plan_hash": plan.hash if plan is not None else None,
         "history": history, "arch": arch,
         # mean training loss over the first and the last few steps: did training move at all?

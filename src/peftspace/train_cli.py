@@ -34,7 +34,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=float, help="training epochs (default 3)")
     g.add_argument("--steps", type=int, help="optimizer steps (overrides epochs)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the method's, see presets.DEFAULT_LR; 1e-4 otherwise)")
+    p.add_argument("--lr", type=float, help="learning rate (default: a preset's own, see presets.DEFAULT_LR; a "
+                   "design or mixed plan: each Δh at its form's rate, presets.FORM_LR)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64, help="max input tokens")
     p.add_argument("--eval-every", type=int, help="evaluate on dev every N steps (default: each epoch)")
