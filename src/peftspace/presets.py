@@ -55,11 +55,12 @@ DESCRIPTIONS = {
 DEFAULT_LR: dict[str, float] = {"prefix": 5e-3, "prompt": 3e-2, "bitfit": 1e-3, "lora": 5e-4, "lora_ffn": 5e-4,
                                 "mam": 5e-4, "pa": 5e-4, "spa": 5e-4, "mh_pa": 1e-3, "adapter": 5e-4,
                                 "pfeiffer": 5e-4, "full": 5e-5}
-# A mixed plan (a design-space design, a plan file, a list of specs) trains each Δh at its form's preset
-# rate (multi-head adapters: mh_pa's), and the task head and anything else at the adapters' rate.
-FORM_LR: dict[str, float] = {"lora": 5e-4, "bottleneck": 5e-4, "prefix": 5e-3, "bias": 1e-3, "prompt": 3e-2}
-HEADS_LR = 1e-3  # a bottleneck on attn.heads (mh_pa)
-OTHER_LR = 5e-4
+# A mixed plan (a design-space design, a plan file, a list of specs) trains each Δh at the rate of the
+# preset of its form (a bottleneck on attention heads: mh_pa's), the task head at the adapters' rate.
+FORM_LR: dict[str, float] = {"lora": DEFAULT_LR["lora"], "bottleneck": DEFAULT_LR["adapter"],
+                             "bottleneck@attn.heads": DEFAULT_LR["mh_pa"], "prefix": DEFAULT_LR["prefix"],
+                             "bias": DEFAULT_LR["bitfit"], "prompt": DEFAULT_LR["prompt"]}
+OTHER_LR = DEFAULT_LR["adapter"]
 
 
 def parse_method(method: "str | DeltaSpec | Iterable[DeltaSpec] | dict | list") -> tuple[tuple[DeltaSpec, ...], str]:

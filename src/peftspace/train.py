@@ -30,7 +30,7 @@ import torch
 
 from .attach import attach, delta_named_parameters
 from .plan import Plan, make_plan, model_arch
-from .presets import DEFAULT_LR, FORM_LR, HEADS_LR, OTHER_LR
+from .presets import DEFAULT_LR, FORM_LR, OTHER_LR
 from .spec import SpecError
 
 
@@ -81,25 +81,17 @@ def _method_name(method) -> str | None:
     return None
 
 
-def _form_lr(delta) -> float:
-    spec = delta.spec
-    if spec.form == "bottleneck" and "attn.heads" in spec.sites:
-        return HEADS_LR
-    return FORM_LR.get(spec.form, OTHER_LR)
-
-
-def _form_rates(model) -> dict[int, float]:
-    """id(parameter) → learning rate of the Δh it belongs to (presets.FORM_LR)."""
+def _form_rates(model) -> tuple[dict[int, float], dict[str, float]]:
+    """Per-form learning rates of a mixed plan (presets.FORM_LR): id(parameter) → rate, and form → rate."""
     from .forms import Delta
 
-    return {id(p): _form_lr(m) for m in model.modules() if isinstance(m, Delta) for p in m.parameters()}
-
-
-def _form_names(model) -> dict[str, float]:
-    from .forms import Delta
-
-    return {m.spec.form + ("@attn.heads" if _form_lr(m) == HEADS_LR and m.spec.form == "bottleneck" else ""): _form_lr(m)
-            for m in model.modules() if isinstance(m, Delta)}
+    by_param, by_form = {}, {}
+    for m in model.modules():
+        if isinstance(m, Delta):
+            form = m.spec.form + ("@attn.heads" if m.spec.form == "bottleneck" and "attn.heads" in m.spec.sites else "")
+            by_form[form] = FORM_LR.get(form, OTHER_LR)
+            by_param.update((id(p), by_form[form]) for p in m.parameters())
+    return by_param, by_form
 
 
 def prepare(model, plan_or_method, budget=None, seed: int = 0) -> tuple[Plan | None, str]:
@@ -231,16 +223,18 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
     eval_every = config.eval_every or min(steps_per_epoch, total)
     warmup = int(round(config.warmup * total))
 
-    rate = _form_rates(model) if per_form else {}
+    rate, lr_by_form = _form_rates(model) if per_form else ({}, None)
     groups: dict[tuple[float, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
             groups.setdefault((rate.get(id(p), lr), p.dim() >= 2), []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "lr": r, "weight_decay": config.weight_decay if decays else 0.0}
                              for (r, decays), ps in groups.items()], lr=lr)
-    lr_by_form = {f: r for f, r in _form_names(model).items()} if per_form else None
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+
+    def schedule(s: int) -> float:  # factor on every group's rate: linear warm-up, then linear decay
+        return (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     out_dir = Path(out) if out else None
     metrics_file = None
@@ -285,7 +279,7 @@ def train(model: str | Any = "minilm", task: str | Any = "vader-movie", method: 
                 step += 1
                 step_time += time.perf_counter() - t0
                 losses.append(float(loss.item()))
-                emit({"event": "train", "step": step, "loss": float(loss.item()), "lr": lr * sched.get_last_lr()[0] / opt.param_groups[0]["initial_lr"]})
+                emit({"event": "train", "step": step, "loss": float(loss.item()), "lr": lr * schedule(sched.last_epoch)})
                 if bar:
                     bar[0].update(bar[1], advance=1, description=f"{label} on {task_obj.name} loss {loss.item():.3f}")
                 if step % eval_every == 0 or step == total:
