@@ -50,7 +50,10 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PRESET_ORDER = ("lora", "lora_ffn", "adapter", "pfeiffer", "prefix", "prompt", "bitfit", "pa", "mh_pa", "spa", "mam")
-TARGET = {"mam": 1.10}  # step time ÷ floor (issue 6, point 2); every other preset: DEFAULT_TARGET
+# step time ÷ floor (issue 6, point 2); every other preset: DEFAULT_TARGET. The issue sets targets for the
+# presets; a sampled design stacks two or three Δh in a layer (S0 seed 0 on MiniLM: adapter+adapter+LoRA,
+# adapter+prefix, prefix+LoRA), as MAM stacks prefix and PA, so it is judged at MAM's target.
+TARGET = {"mam": 1.10, "design": 1.10, "mixed-design": 1.10}
 DEFAULT_TARGET = 1.05
 EXEMPT = ("prompt",)  # reported, not judged: its longer input sequence is inherent to the method
 MEM_TARGET = 1.10
@@ -750,11 +753,19 @@ def print_table(shape: Shape, rows: list[dict], console, notes: list[str]) -> No
         console.print(f"[yellow]note[/]: {n}")
 
 
-def environment(threads: int) -> dict:
+def _malloc_label(malloc: str) -> str:
+    if malloc == "system":
+        return "system"
+    from peftspace.runtime import keep_freed_memory
+
+    return "keep" if keep_freed_memory() else "system (keep_freed_memory unavailable here)"
+
+
+def environment(threads: int, malloc: str = "keep") -> dict:
     import transformers
 
     env = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": platform.machine(), "cpus": os.cpu_count(),
-           "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
+           "threads": threads, "malloc": _malloc_label(malloc), "python": platform.python_version(), "torch": torch.__version__,
            "transformers": transformers.__version__}
     for lib in ("peft", "adapters"):
         try:
@@ -789,6 +800,10 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=1, help="steps per configuration per repetition")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps after the first (default 1; --quick 0)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                   help="keep: freed memory stays in the process for the next step, as `peftspace train` runs "
+                        "(peftspace.keep_freed_memory); system: glibc's default, which unmaps it and page-faults it "
+                        "back every step (tens of thousands of faults per step, a different number per configuration)")
     p.add_argument("--no-full", action="store_true", help="skip the full fine-tuning reference row")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation (forward-only) table")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
@@ -819,6 +834,10 @@ def run(args, console=None, log=None, t_start: float | None = None) -> list[dict
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal moments in AdamW would time the FPU, not the method
+    if args.malloc == "keep":  # process-wide and not undone: every configuration after this point alike
+        from peftspace.runtime import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return _run(args, console, log, t_start)
     finally:  # leave the process as it was (the tests run in one)
@@ -922,7 +941,7 @@ def main(argv=None) -> int:
             print_table(shape, mine, console, [f"median of {len(args.merge)} runs (processes); every run's ratios are "
                                                "in the JSON as ratio_runs"])
     else:
-        env = environment(args.threads)
+        env = environment(args.threads, args.malloc)
         console.print(f"[bold]peftspace step time[/] {json.dumps(env)}")
         t0 = time.perf_counter()
         rows = run(args, console, log, t_start=_T0)

@@ -13,6 +13,7 @@ spaces (Chen et al., ICLR 2023) sample Plans and a search refines them.
 from .attach import attach, attached_plan, delta_named_parameters, detach, merge, unmerge
 from .plan import Plan, PlanEntry, make_plan as plan
 from .presets import PRESETS, parse_method
+from .runtime import keep_freed_memory
 from .spec import DeltaSpec, SpecError
 from . import forms
 
@@ -37,4 +38,4 @@ def __getattr__(name):  # lazy: heavy or optional modules load on first use
 
 __all__ = ["attach", "detach", "merge", "unmerge", "attached_plan", "delta_named_parameters", "Plan", "PlanEntry",
            "plan", "PRESETS", "parse_method", "DeltaSpec", "SpecError", "load_model", "load_tokenizer",
-           "save_adapter", "load_adapter", "train", "evaluate"]
+           "save_adapter", "load_adapter", "train", "evaluate", "keep_freed_memory"]

@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from transformers.utils import logging as hf_logging
 
+    from .runtime import keep_freed_memory
     from .spec import SpecError
+
+    keep_freed_memory()  # training steps reuse freed memory instead of page-faulting it back (runtime.py)
 
     # The CLI reports what matters; transformers' load reports (new task heads) and bars are noise here.
     hf_logging.set_verbosity_error()

@@ -100,6 +100,7 @@ def run_trial(row: Any, threads: int | None = None) -> dict[str, Any]:
     import torch
 
     from ..plan import Plan
+    from ..runtime import keep_freed_memory
     from ..train import train
 
     t0 = time.perf_counter()
@@ -107,6 +108,7 @@ def run_trial(row: Any, threads: int | None = None) -> dict[str, Any]:
     cfg = r["config"]
     threads = int(threads or threads_per_worker(1))
     torch.set_num_threads(threads)
+    keep_freed_memory()  # a worker trains step after step: reuse freed memory (peftspace.runtime)
     if not r.get("plan"):
         raise RuntimeError("trial has no plan (its design could not be sampled; see the trial's error)")
     plan = Plan.from_dict(r["plan"], where=f"trial {r.get('id')}")
