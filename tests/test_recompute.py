@@ -27,7 +27,9 @@ def _grads(model, inputs, hooks: bool):
     with ctx:
         out = model(**inputs)
         loss = out.logits.float().square().mean()
-        n_recomputed = sum(type(n).__name__ == "_DownRecomputedBackward" for n in _nodes(loss.grad_fn))
+        n_recomputed = sum(type(n).__name__ == "_DownRecomputedBackward"  # unmerged LoRA (GPT-2's Conv1D)
+                           or (type(n).__name__ == "_LoRALinearBackward" and n.fn is not None)  # fused LoRA
+                           for n in _nodes(loss.grad_fn))
         loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, n_recomputed
 

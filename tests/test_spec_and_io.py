@@ -121,7 +121,8 @@ def test_peft_export_loads_in_peft_with_equal_outputs(tmp_path, family):
     pm.eval()
     with torch.no_grad():
         out = pm(**kw).logits
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    # peftspace runs x·(W + s·B·A)ᵀ (forms._LoRALinear), peft x·Wᵀ + s·(x·Aᵀ)·Bᵀ: fp32 rounding apart
+    torch.testing.assert_close(out, ref, atol=1e-5 * max(1.0, ref.abs().max().item()), rtol=1e-4)
 
 
 def test_peft_export_refuses_non_lora(tmp_path):

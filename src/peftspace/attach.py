@@ -54,6 +54,7 @@ class _State:
     requires_grad: dict = field(default_factory=dict)
     merged: list = field(default_factory=list)  # (delta, module, saved weight, saved bias or _NO_BIAS)
     containers: list = field(default_factory=list)  # (parent module, attribute name)
+    forwards: list = field(default_factory=list)  # nn.Linear whose instance forward runs it with its LoRA
     targets: dict = field(default_factory=dict)  # id(delta) -> (projection module, output slice)
 
 
@@ -309,6 +310,11 @@ def _install(model, arch: Arch, layer: nn.Module, inst: SiteInstance, delta: Del
     st.targets[id(delta)] = (target, sl)
     if spec.insertion == "sequential":
         st.handles.append(target.register_forward_hook(_sequential_hook(delta, sl)))
+    elif sl is None and isinstance(delta, LowRank) and type(target) is nn.Linear and "forward" not in vars(target):
+        # The projection and its low-rank Δh as one product (forms._LoRALinear): the instance's forward is
+        # replaced (hooks still run around it) and restored by detach. A second Δh on it takes a hook.
+        target.forward = _lora_linear_forward(target, delta)
+        st.forwards.append(target)
     else:
         st.handles.append(target.register_forward_hook(_linear_parallel_hook(delta, sl)))
 
@@ -317,6 +323,17 @@ def _splice(out: torch.Tensor, sl: slice | None, new: torch.Tensor) -> torch.Ten
     if sl is None:
         return new
     return torch.cat([out[..., : sl.start], new, out[..., sl.stop:]], dim=-1)
+
+
+def _lora_linear_forward(linear: nn.Linear, delta: LowRank):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if delta.merged:
+            return F.linear(x, linear.weight, linear.bias)
+        if delta.fuses_with(linear):
+            return delta.linear_forward(linear, x)
+        return delta.composed(F.linear(x, linear.weight, linear.bias), x)  # dropout, learned scale, gate
+
+    return forward
 
 
 def _linear_parallel_hook(delta: Delta, sl: slice | None):
@@ -455,6 +472,8 @@ def detach(model: nn.Module) -> nn.Module:
     unmerge(model)
     for h in st.handles:
         h.remove()
+    for linear in st.forwards:
+        vars(linear).pop("forward", None)
     for attn, original in st.patched_attn:
         attn.config = original
         for k in ("_peftspace_heads", "_peftspace_base_attn", "_peftspace_mask_is_bool", "_peftspace_sdpa"):

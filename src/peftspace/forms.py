@@ -94,6 +94,41 @@ class _DownRecomputed(torch.autograd.Function):
         return (g_x, g_w, None) + (None,) * len(sources)
 
 
+class _LoRALinear(torch.autograd.Function):
+    """y = x·(W + α·B·A)ᵀ + b: a frozen projection and its low-rank Δh as one GEMM each way.
+
+    The forward and the input gradient use the merged (out, in) weight — α·B·A costs out·in·r, nothing
+    next to N·out·in — so the unmerged form's N-sized passes are gone: its separate down-projection
+    x·Aᵀ in the forward, and in the backward the low-rank input gradient (g·B)·A and its sum with the
+    frozen path's g·W. A's and B's gradients come from two (N, r) products, u = g·B and v = x·Aᵀ. Keeps
+    x (or, where `_recipe` applies, the inputs x is recomputed from) and the merged weight is rebuilt in
+    backward rather than kept."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, alpha: float, fn, *sources):
+        ctx.alpha, ctx.fn = alpha, fn
+        ctx.save_for_backward(weight, A, B, *(sources if fn is not None else (x,)))
+        return F.linear(x, torch.addmm(weight, B, A, alpha=alpha), bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, A, B, *rest = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        gf = _flat(grad)  # (N, out)
+        g_x = g_b = g_A = g_B = None
+        if need[0]:
+            g_x = torch.matmul(grad, torch.addmm(weight, B, A, alpha=ctx.alpha))  # (…, out)·(out, in)
+        if need[2]:
+            g_b = gf.sum(0)
+        if need[3] or need[4]:
+            xf = _flat(ctx.fn(*rest) if ctx.fn is not None else rest[0])  # (N, in)
+            if need[3]:
+                g_A = gf.mm(B).mul_(ctx.alpha).t().mm(xf)  # α·(g·B)ᵀ·x: (r, N)·(N, in)
+            if need[4]:
+                g_B = xf.mm(A.t()).mul_(ctx.alpha).t().mm(gf).t()  # α·gᵀ·v, taken as (vᵀ·g)ᵀ: the fast orientation
+        return (g_x, None, g_b, g_A, g_B, None, None) + (None,) * len(rest if ctx.fn is not None else ())
+
+
 def _down(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x·Aᵀ, recomputing x in backward when it is a cheap function of tensors autograd keeps anyway."""
     if torch.is_grad_enabled() and weight.requires_grad:
@@ -156,9 +191,10 @@ class _DownThrough(torch.autograd.Function):
         return g_h, g_w, g_b, None, None, None
 
 
-def _down_through(h: torch.Tensor, down: nn.Linear, prev: nn.Module, a: torch.Tensor) -> torch.Tensor | None:
-    """down(h) for h = prev(a), keeping a instead of h where a is kept anyway; None where that does not apply."""
-    if not (torch.is_grad_enabled() and down.weight.requires_grad) or _top_saved_hooks() is not None:
+def _down_through(h: torch.Tensor, w_dn: torch.Tensor, b_dn: torch.Tensor | None, prev: nn.Module,
+                  a: torch.Tensor) -> torch.Tensor | None:
+    """h·W_dnᵀ + b_dn for h = prev(a), keeping a instead of h where a is kept anyway; None where that does not apply."""
+    if not (torch.is_grad_enabled() and w_dn.requires_grad) or _top_saved_hooks() is not None:
         return None
     w = getattr(prev, "weight", None)
     if not isinstance(w, torch.Tensor) or w.requires_grad or (getattr(prev, "bias", None) is not None
@@ -177,7 +213,7 @@ def _down_through(h: torch.Tensor, down: nn.Linear, prev: nn.Module, a: torch.Te
         # more time than keeping h saves memory (bert-base adapter r=48: 1.045 vs 1.014 x floor for 2.5%
         # of the peak; LLaMA shape: 1.025 vs 0.997), and the (r, N)·(N, d_ff) product is 4x the one it replaces.
         return None
-    return _DownThrough.apply(h, down.weight, down.bias, w_prev, prev.bias, a.detach())
+    return _DownThrough.apply(h, w_dn, b_dn, w_prev, prev.bias, a.detach())
 
 
 def _init_pair(spec: DeltaSpec, down: torch.Tensor, up: torch.Tensor, g: torch.Generator) -> None:
@@ -252,6 +288,21 @@ class LowRank(Delta):
         # h + s·z·W_up in one GEMM: (N, out) + s·(N, r)·(r, out)
         return torch.addmm(_flat(h), _flat(z), _rows(self.lora_B), alpha=alpha).view(h.shape)
 
+    def fuses_with(self, linear: nn.Module) -> bool:
+        """Whether `linear_forward` can run `linear` and this Δh together (an add/scale composition on a
+        plain frozen nn.Linear; LoRA dropout, which applies to the Δh branch only, is off or not training)."""
+        return (type(linear) is nn.Linear and not linear.weight.requires_grad and self._alpha() is not None
+                and (isinstance(self.drop, nn.Identity) or not self.training))
+
+    def linear_forward(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """linear(x) + s·Δh(x) as ONE product with the merged weight W + s·B·A (see `_LoRALinear`)."""
+        alpha = self._alpha()
+        if not (torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad)):
+            return F.linear(x, torch.addmm(linear.weight, self.lora_B, self.lora_A, alpha=alpha), linear.bias)
+        recipe = _recipe(x) if self.lora_A.requires_grad else None
+        fn, sources = (None, ()) if recipe is None else (recipe[1], tuple(t.detach() for t in recipe[0]))
+        return _LoRALinear.apply(x, linear.weight, linear.bias, self.lora_A, self.lora_B, alpha, fn, *sources)
+
     def weight_delta(self) -> torch.Tensor:
         """ΔW (out, in) such that merging W += ΔW reproduces the composed output (add/scale/learned)."""
         s = {"add": 1.0, "scale": self.s}.get(self.composition)
@@ -276,7 +327,7 @@ class Bottleneck(Delta):
         """down(x); `source` = (projection, its input) when x is that frozen projection's output (sequential
         insertion), so backward can keep the input instead of x (`_down_through`)."""
         if source is not None and (isinstance(self.drop, nn.Identity) or not self.training):
-            z = _down_through(x, self.down, *source)
+            z = _down_through(x, self.down.weight, self.down.bias, *source)
             if z is not None:
                 return z
         return self.down(self.drop(x))

@@ -1,0 +1,119 @@
+"""LoRA on a plain nn.Linear runs as one product with the merged weight (forms._LoRALinear): outputs and
+gradients equal the unmerged path's, in training and evaluation, and detach restores the Linear."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import peftspace as ps
+from peftspace.forms import LowRank
+from tests.helpers import FAMILIES, batch, perturb, tiny
+
+
+def _nodes(root):
+    seen, stack, out = set(), [root], []
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        out.append(n)
+        stack.extend(f for f, _ in n.next_functions)
+    return out
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:
+    # fp32 rounding of W + s·B·A against x·Wᵀ + s·(x·Aᵀ)·Bᵀ grows with the values' scale (as merge's does)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()), msg=msg or None)
+
+
+def _run(model, inputs):
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs).logits
+    loss = out.float().square().mean()
+    fused = sum(type(n).__name__ == "_LoRALinearBackward" for n in _nodes(loss.grad_fn))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads, fused
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["lora:r=4", "lora_ffn:r=4", "lora:r=4,s=4 + bitfit"])
+def test_fused_lora_equals_the_unmerged_path(family, method, monkeypatch):
+    model = tiny(family)
+    specs = sum((ps.parse_method(m)[0] for m in method.split(" + ")), ())  # "+" with sizes: specs by hand
+    ps.attach(model, ps.plan(model, list(specs)))
+    perturb(model)  # non-zero up-projections: every gradient is non-trivial
+    # eval mode (the helper's): no dropout draws (T5 also drops inside attention); gradients still flow, and
+    # with a dropout-free LoRA the fused path is the same in train mode
+    inputs = batch(model)
+    out, grads, n_fused = _run(model, inputs)
+    with monkeypatch.context() as mp:
+        mp.setattr(LowRank, "fuses_with", lambda self, linear: False)
+        ref_out, ref_grads, n_ref = _run(model, inputs)
+    assert n_ref == 0
+    # GPT-2's projections are Conv1D (x·W, not nn.Linear): they keep the unmerged hook
+    assert (n_fused > 0) == (family != "tiny-gpt2"), n_fused
+    _close(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    # one absolute scale for all: some gradients are zero in exact arithmetic (a key bias: softmax is
+    # shift-invariant) and only rounding noise in either path
+    scale = max(g.abs().max().item() for g in ref_grads.values())
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-5 * scale, msg=k)
+
+
+def test_fused_lora_gives_a_trainable_bias_its_gradient(monkeypatch):
+    model = tiny("tiny-bert")
+    ps.attach(model, ps.plan(model, "lora:r=4"))
+    perturb(model)
+    q = model.bert.encoder.layer[0].attention.self.query
+    q.bias.requires_grad_(True)  # a user unfreezing a bias the Δh's projection also reads
+    inputs = batch(model)
+    _, grads, n_fused = _run(model, inputs)
+    with monkeypatch.context() as mp:
+        mp.setattr(LowRank, "fuses_with", lambda self, linear: False)
+        _, ref_grads, _ = _run(model, inputs)
+    assert n_fused > 0
+    name = next(n for n, p in model.named_parameters() if p is q.bias)
+    torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["tiny-bert", "tiny-llama", "tiny-t5"])
+def test_fused_lora_in_evaluation_and_after_merge(family, monkeypatch):
+    model = tiny(family)
+    ps.attach(model, ps.plan(model, "lora:r=4"))
+    perturb(model)
+    inputs = batch(model)
+    with torch.no_grad():
+        fused = model(**inputs).logits
+        with monkeypatch.context() as mp:
+            mp.setattr(LowRank, "fuses_with", lambda self, linear: False)
+            plain = model(**inputs).logits
+        ps.merge(model)
+        merged = model(**inputs).logits
+        ps.unmerge(model)
+    _close(fused, plain)
+    _close(merged, plain)
+
+
+def test_lora_dropout_in_training_takes_the_unmerged_path():
+    model = tiny("tiny-bert")
+    ps.attach(model, ps.plan(model, "lora:r=4,dropout=0.1"))
+    model.train()
+    _, _, n_fused = _run(model, batch(model))
+    assert n_fused == 0  # dropout applies to the Δh branch only: no merged weight expresses it
+
+
+def test_detach_restores_the_linear_forward():
+    model = tiny("tiny-llama")
+    before = batch(model)
+    ref = model(**before).logits.detach()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    ps.attach(model, ps.plan(model, "lora:r=4"))
+    assert any("forward" in vars(m) for m in linears)
+    ps.detach(model)
+    assert not any("forward" in vars(m) for m in linears)
+    assert torch.equal(model(**before).logits.detach(), ref)
+
