@@ -10,7 +10,9 @@ Speed (bench/step_time.py, issue 6): an up-projection stored as (out, r) — `lo
 — makes autograd compute its weight gradient as gᵀ·z, an (out, N)·(N, r) product that CPU BLAS runs
 ~5x slower than the transposed zᵀ·g; `_rows` hands the GEMM a row-major (r, out) copy (r·out numbers)
 so the gradient comes out in the fast orientation, and add/scale compositions fold "h + s·Δh" into the
-same GEMM (`torch.addmm`), saving two passes over (N, out) in the forward and one in the backward.
+same GEMM (`torch.addmm`), saving two passes over (N, out) in the forward and one in the backward. LoRA
+on a plain frozen nn.Linear goes further (`_LoRALinear`): the projection runs with the merged weight
+W + s·B·A, one GEMM each way, and only A's and B's gradients take (N, r) products.
 """
 
 from __future__ import annotations
