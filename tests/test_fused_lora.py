@@ -47,10 +47,10 @@ def test_fused_lora_equals_the_unmerged_path(family, method, monkeypatch):
     perturb(model)  # non-zero up-projections: every gradient is non-trivial
     # eval mode (the helper's): no dropout draws (T5 also drops inside attention); gradients still flow, and
     # with a dropout-free LoRA the fused path is the same in train mode
-    inputs = batch(model)
+    inputs = batch(model, B=4, T=24)  # N = 96 tokens: enough to merge (fuses_with)
     out, grads, n_fused = _run(model, inputs)
     with monkeypatch.context() as mp:
-        mp.setattr(LowRank, "fuses_with", lambda self, linear: False)
+        mp.setattr(LowRank, "fuses_with", lambda self, linear, x: False)
         ref_out, ref_grads, n_ref = _run(model, inputs)
     assert n_ref == 0
     # GPT-2's projections are Conv1D (x·W, not nn.Linear): they keep the unmerged hook
@@ -70,10 +70,10 @@ def test_fused_lora_gives_a_trainable_bias_its_gradient(monkeypatch):
     perturb(model)
     q = model.bert.encoder.layer[0].attention.self.query
     q.bias.requires_grad_(True)  # a user unfreezing a bias the Δh's projection also reads
-    inputs = batch(model)
+    inputs = batch(model, B=4, T=24)  # N = 96 tokens: enough to merge (fuses_with)
     _, grads, n_fused = _run(model, inputs)
     with monkeypatch.context() as mp:
-        mp.setattr(LowRank, "fuses_with", lambda self, linear: False)
+        mp.setattr(LowRank, "fuses_with", lambda self, linear, x: False)
         _, ref_grads, _ = _run(model, inputs)
     assert n_fused > 0
     name = next(n for n, p in model.named_parameters() if p is q.bias)
@@ -85,11 +85,11 @@ def test_fused_lora_in_evaluation_and_after_merge(family, monkeypatch):
     model = tiny(family)
     ps.attach(model, ps.plan(model, "lora:r=4"))
     perturb(model)
-    inputs = batch(model)
+    inputs = batch(model, B=4, T=24)  # N = 96 tokens: enough to merge (fuses_with)
     with torch.no_grad():
         fused = model(**inputs).logits
         with monkeypatch.context() as mp:
-            mp.setattr(LowRank, "fuses_with", lambda self, linear: False)
+            mp.setattr(LowRank, "fuses_with", lambda self, linear, x: False)
             plain = model(**inputs).logits
         ps.merge(model)
         merged = model(**inputs).logits
@@ -102,7 +102,7 @@ def test_lora_dropout_in_training_takes_the_unmerged_path():
     model = tiny("tiny-bert")
     ps.attach(model, ps.plan(model, "lora:r=4,dropout=0.1"))
     model.train()
-    _, _, n_fused = _run(model, batch(model))
+    _, _, n_fused = _run(model, batch(model, B=4, T=24))
     assert n_fused == 0  # dropout applies to the Δh branch only: no merged weight expresses it
 
 
@@ -117,3 +117,19 @@ def test_detach_restores_the_linear_forward():
     assert not any("forward" in vars(m) for m in linears)
     assert torch.equal(model(**before).logits.detach(), ref)
 
+
+
+def test_merging_is_chosen_by_the_bytes_it_moves():
+    """fuses_with's traffic model: merge when N·(4·in + 2·out) ≥ 4·out·in (training), N·(in + 2·out) ≥
+    2·out·in (no grad). BERT-base's FFN input projection (768 → 3072) breaks even at N = 1024 tokens."""
+    lora = LowRank(ps.parse_method("lora:r=8")[0][0], 768, 3072, torch.Generator().manual_seed(0))
+    ffn_in = torch.nn.Linear(768, 3072).requires_grad_(False)
+    assert not lora.fuses_with(ffn_in, torch.empty(8, 64, 768))  # N = 512: the unmerged form moves less
+    assert lora.fuses_with(ffn_in, torch.empty(16, 64, 768))  # N = 1024
+    with torch.no_grad():  # no backward: merging pays from N = 2·out·in / (in + 2·out) ≈ 683
+        assert not lora.fuses_with(ffn_in, torch.empty(8, 64, 768))
+        assert lora.fuses_with(ffn_in, torch.empty(11, 64, 768))
+    model = tiny("tiny-bert")
+    ps.attach(model, ps.plan(model, "lora:r=4"))
+    _, _, n_fused = _run(model, batch(model, B=2, T=3))  # 6 tokens: every projection keeps the unmerged form
+    assert n_fused == 0

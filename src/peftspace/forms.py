@@ -290,11 +290,25 @@ class LowRank(Delta):
         # h + s·z·W_up in one GEMM: (N, out) + s·(N, r)·(r, out)
         return torch.addmm(_flat(h), _flat(z), _rows(self.lora_B), alpha=alpha).view(h.shape)
 
-    def fuses_with(self, linear: nn.Module) -> bool:
+    def fuses_with(self, linear: nn.Module, x: torch.Tensor) -> bool:
         """Whether `linear_forward` can run `linear` and this Δh together (an add/scale composition on a
-        plain frozen nn.Linear; LoRA dropout, which applies to the Δh branch only, is off or not training)."""
-        return (type(linear) is nn.Linear and not linear.weight.requires_grad and self._alpha() is not None
-                and (isinstance(self.drop, nn.Identity) or not self.training))
+        plain frozen nn.Linear; LoRA dropout, which applies to the Δh branch only, is off or not training)
+        and it moves fewer bytes than the unmerged form for x's N = tokens.
+
+        Memory traffic, in numbers: merging reads W and writes W + s·B·A, 2·out·in, once in the forward and
+        once in the backward; the unmerged form adds passes over x and h in the forward (N·in + 2·N·out) and
+        over g, x and the input gradient in the backward (its low-rank part, the sum with the frozen path's),
+        4·N·in + 2·N·out more than the merged form's. So merging pays when N·(4·in + 2·out) ≥ 4·out·in, and
+        without grad when N·(in + 2·out) ≥ 2·out·in: the MiniLM-shaped batch (N = 2048) merges everywhere,
+        BERT-base's FFN at N = 512 (in, out = 768, 3072: break-even N ≈ 1024) does not."""
+        if not (type(linear) is nn.Linear and not linear.weight.requires_grad and self._alpha() is not None
+                and (isinstance(self.drop, nn.Identity) or not self.training)):
+            return False
+        out, fin = linear.weight.shape
+        n = x.numel() // max(1, x.shape[-1])
+        if torch.is_grad_enabled():
+            return n * (4 * fin + 2 * out) >= 4 * out * fin
+        return n * (fin + 2 * out) >= 2 * out * fin
 
     def linear_forward(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """linear(x) + s·Δh(x) as ONE product with the merged weight W + s·B·A (see `_LoRALinear`)."""
