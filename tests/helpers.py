@@ -55,3 +55,16 @@ def perturb(model, std: float = 0.05) -> None:
         for _, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * std)
+
+
+def graph_nodes(root) -> list:
+    """Every node of an autograd graph below `root` (a grad_fn), each once."""
+    seen, stack, out = set(), [root], []
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        out.append(n)
+        stack.extend(f for f, _ in n.next_functions)
+    return out

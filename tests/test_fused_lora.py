@@ -8,19 +8,7 @@ import torch
 
 import peftspace as ps
 from peftspace.forms import LowRank
-from tests.helpers import FAMILIES, batch, perturb, tiny
-
-
-def _nodes(root):
-    seen, stack, out = set(), [root], []
-    while stack:
-        n = stack.pop()
-        if n is None or id(n) in seen:
-            continue
-        seen.add(id(n))
-        out.append(n)
-        stack.extend(f for f, _ in n.next_functions)
-    return out
+from tests.helpers import FAMILIES, batch, graph_nodes as _nodes, perturb, tiny
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:

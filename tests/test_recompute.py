@@ -6,19 +6,7 @@ import torch
 
 import peftspace as ps
 from peftspace import forms
-from tests.helpers import batch, tiny
-
-
-def _nodes(root):
-    seen, stack, out = set(), [root], []
-    while stack:
-        n = stack.pop()
-        if n is None or id(n) in seen:
-            continue
-        seen.add(id(n))
-        out.append(n)
-        stack.extend(f for f, _ in n.next_functions)
-    return out
+from tests.helpers import batch, graph_nodes as _nodes, tiny
 
 
 def _grads(model, inputs, hooks: bool):
