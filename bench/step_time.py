@@ -753,19 +753,20 @@ def print_table(shape: Shape, rows: list[dict], console, notes: list[str]) -> No
         console.print(f"[yellow]note[/]: {n}")
 
 
-def _malloc_label(malloc: str) -> str:
-    if malloc == "system":
+def apply_malloc(mode: str) -> str:
+    """Apply `--malloc` (process-wide, not undone: every configuration measured after it alike); its label."""
+    if mode == "system":
         return "system"
     from peftspace.runtime import keep_freed_memory
 
     return "keep" if keep_freed_memory() else "system (keep_freed_memory unavailable here)"
 
 
-def environment(threads: int, malloc: str = "keep") -> dict:
+def environment(threads: int, malloc: str) -> dict:
     import transformers
 
     env = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": platform.machine(), "cpus": os.cpu_count(),
-           "threads": threads, "malloc": _malloc_label(malloc), "python": platform.python_version(), "torch": torch.__version__,
+           "threads": threads, "malloc": malloc, "python": platform.python_version(), "torch": torch.__version__,
            "transformers": transformers.__version__}
     for lib in ("peft", "adapters"):
         try:
@@ -834,10 +835,7 @@ def run(args, console=None, log=None, t_start: float | None = None) -> list[dict
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal moments in AdamW would time the FPU, not the method
-    if args.malloc == "keep":  # process-wide and not undone: every configuration after this point alike
-        from peftspace.runtime import keep_freed_memory
-
-        keep_freed_memory()
+    apply_malloc(args.malloc)
     try:
         return _run(args, console, log, t_start)
     finally:  # leave the process as it was (the tests run in one)
@@ -941,7 +939,7 @@ def main(argv=None) -> int:
             print_table(shape, mine, console, [f"median of {len(args.merge)} runs (processes); every run's ratios are "
                                                "in the JSON as ratio_runs"])
     else:
-        env = environment(args.threads, args.malloc)
+        env = environment(args.threads, apply_malloc(args.malloc))
         console.print(f"[bold]peftspace step time[/] {json.dumps(env)}")
         t0 = time.perf_counter()
         rows = run(args, console, log, t_start=_T0)
