@@ -185,7 +185,7 @@ def prepare(case: Case, batch: dict) -> None:
         case.step = step
         return
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-5)
+    opt = torch.optim.AdamW(trainable, lr=1e-5, fused=True)  # as `peftspace train` runs it; the same for every row
 
     def forward() -> torch.Tensor:
         return model(**batch).loss

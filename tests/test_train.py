@@ -185,6 +185,7 @@ def test_mixed_plan_trains_each_form_at_its_preset_rate(tmp_path, monkeypatch):
     assert rec["lr_by_form"] == {"lora": presets.FORM_LR["lora"], "prefix": presets.FORM_LR["prefix"],
                                  "bias": presets.FORM_LR["bias"]}
     rate = {id(p): g["initial_lr"] for g in seen[-1].param_groups for p in g["params"]}  # before the schedule
+    assert seen[-1].defaults["fused"] is True  # CPU float parameters: AdamW's one-pass kernel
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -193,3 +194,12 @@ def test_mixed_plan_trains_each_form_at_its_preset_rate(tmp_path, monkeypatch):
         assert rate[id(p)] == want, name
     rec = train("tiny-bert", task, "lora", config=cfg, progress=False)
     assert rec["lr_by_form"] is None and {g["initial_lr"] for g in seen[-1].param_groups} == {presets.DEFAULT_LR["lora"]}
+
+
+def test_fused_adamw_only_where_it_runs():
+    from peftspace.train import _fused_adamw
+
+    cpu = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.bfloat16))]
+    assert _fused_adamw([cpu]) is True
+    assert _fused_adamw([cpu, [torch.nn.Parameter(torch.zeros(3, device="meta"))]]) is False
+    assert _fused_adamw([[]]) is False
