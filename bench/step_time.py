@@ -12,7 +12,7 @@ machine load hits all of them alike. A configuration's time is the minimum over 
 mean step time in a repetition (other processes only ever add time); the median is reported too.
 
 Definitions (bench/README.md has the long form):
-- step: `zero_grad(set_to_none=True)`, forward, loss, backward, `AdamW.step()`, on one fixed batch.
+- step: `zero_grad(set_to_none=True)`, forward, loss, backward, `AdamW(fused=True).step()`, on one fixed batch.
 - floor: the same model with every backbone weight frozen and no Δh; the output of the input
   embedding is made a leaf that requires grad, so backward runs through the activations of every
   layer (down to the embeddings) without computing a single weight gradient; the task head (BERT's
