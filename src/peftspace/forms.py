@@ -12,7 +12,8 @@ Speed (bench/step_time.py, issue 6): an up-projection stored as (out, r) — `lo
 so the gradient comes out in the fast orientation, and add/scale compositions fold "h + s·Δh" into the
 same GEMM (`torch.addmm`), saving two passes over (N, out) in the forward and one in the backward. LoRA
 on a plain frozen nn.Linear goes further (`_LoRALinear`): the projection runs with the merged weight
-W + s·B·A, one GEMM each way, and only A's and B's gradients take (N, r) products.
+W + s·B·A, one GEMM each way, and only A's and B's gradients take (N, r) products. Those (N, r)-wide
+products, and down-projections, run in the orientation CPU BLAS is faster at for their r (`_thin`).
 """
 
 from __future__ import annotations
