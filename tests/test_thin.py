@@ -15,14 +15,16 @@ from tests.helpers import FAMILIES, batch, perturb, tiny
 
 def test_the_rule_names_the_measured_ranks():
     x = torch.zeros(4, 8)
-    assert [r for r in range(1, 65) if forms._thin_transposed(r, x)] == [
-        5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26, 27, 29, 30, 31]
+    measured = [5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26, 27, 29, 30, 31]
+    assert [r for r in range(1, 65) if forms._thin_transposed(r, x)] == (measured if forms._MKL else [])
     assert not forms._thin_transposed(8, torch.zeros(4, 8, device="meta"))  # other devices: their BLAS decides
 
 
 @pytest.mark.parametrize("r", [4, 5, 8, 15, 16, 30])
 @pytest.mark.parametrize("bias", [False, True])
-def test_thin_equals_linear_with_its_gradients(r, bias):
+@pytest.mark.parametrize("turned", [False, True])
+def test_thin_equals_linear_with_its_gradients(r, bias, turned, monkeypatch):
+    monkeypatch.setattr(forms, "_thin_transposed", lambda r, x: turned)  # both orientations, on any BLAS
     g = torch.Generator().manual_seed(r)
     x = torch.randn(3, 11, 40, generator=g, requires_grad=True)
     w = torch.randn(r, 40, generator=g, requires_grad=True)
@@ -32,7 +34,7 @@ def test_thin_equals_linear_with_its_gradients(r, bias):
     ref = F.linear(x, w, b)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert out.shape == ref.shape
-    assert (out.stride(-1) != 1) == forms._thin_transposed(r, x)  # transposed: column-major (N, r)
+    assert (out.stride(-1) != 1) == turned  # transposed: column-major (N, r)
     seed = torch.randn(3, 11, 24, generator=g)
     grads = torch.autograd.grad((torch.relu(out) @ up * seed).sum(), [t for t in (x, w, b) if t is not None])
     grads_ref = torch.autograd.grad((torch.relu(ref) @ up * seed).sum(), [t for t in (x, w, b) if t is not None])
@@ -55,10 +57,9 @@ def test_models_train_the_same_with_either_orientation(family, method, monkeypat
     perturb(model)  # non-zero up-projections: every gradient is non-trivial
     inputs = batch(model, B=4, T=24)
     calls = []
-    real = forms._thin_transposed
-    monkeypatch.setattr(forms, "_thin_transposed", lambda r, x: calls.append(r) or real(r, x))
+    monkeypatch.setattr(forms, "_thin_transposed", lambda r, x: calls.append(r) or True)  # on any BLAS
     out, grads = _grads(model, inputs)
-    assert calls and all(real(r, inputs["input_ids"].float()) for r in calls)  # the path ran, transposed
+    assert calls  # the products went through _thin, turned
     monkeypatch.setattr(forms, "_thin_transposed", lambda r, x: False)
     out_ref, grads_ref = _grads(model, inputs)
     scale = max(1.0, out_ref.abs().max().item())

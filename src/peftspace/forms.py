@@ -34,6 +34,9 @@ def _kaiming(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
 
 
+_MKL = torch.backends.mkl.is_available()
+
+
 def _thin_transposed(r: int, x: torch.Tensor) -> bool:
     """Whether x·wᵀ for a narrow w (r, k) runs faster as (w·xᵀ)ᵀ on this device (see `_thin`).
 
@@ -41,8 +44,8 @@ def _thin_transposed(r: int, x: torch.Tensor) -> bool:
     for r ∈ {5, 6, 8, 10, 15, 30} the (r, k)·(k, N) orientation is 1.2–1.7x faster than (N, k)·(k, r),
     for r = 16, 24, 32, 48, 64 or r ≤ 4 it is 0.6–0.95x, for r = 12, 18, 20 within noise. A fixed rule,
     not a per-process timing, so that which one runs — and so the float rounding — does not vary between
-    runs of the same seed."""
-    return x.device.type == "cpu" and 5 <= r < 32 and (r % 4 != 0 or r == 8)
+    runs of the same seed. Only where PyTorch's CPU BLAS is MKL: other libraries were not measured."""
+    return x.device.type == "cpu" and _MKL and 5 <= r < 32 and (r % 4 != 0 or r == 8)
 
 
 def _thin(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
