@@ -374,7 +374,7 @@ class Bottleneck(Delta):
             z = _down_through(x, self.down, *source)
             if z is not None:
                 return z
-        return _thin(self.drop(x), self.down.weight, self.down.bias)
+        return _thin(self.drop(x), self.down.weight, self.down.bias)  # down's tensors, not its call (as _down_through)
 
     def delta(self, x: torch.Tensor, source=None) -> torch.Tensor:
         a = self.act(self._z(x, source))  # (B, T, x) → (B, T, r)
