@@ -45,7 +45,10 @@ def test_kept_memory_is_reused_without_page_faults() -> None:
     kept = _probe("keep")
     assert kept["applied"] is True
     assert default["faults"] >= 5 * pages, default  # every round maps and zeroes the tensor anew
-    assert kept["faults"] < pages // 10, kept  # the same memory, reused
+    # the same memory, reused: at most one of the ten rounds maps the tensor anew (0 faults in 36 of 40
+    # probes here, exactly one tensor's pages in 4: something allocated between rounds moved the block
+    # once); the default maps it in every round
+    assert kept["faults"] <= pages, kept
 
 
 def test_opt_out_keeps_the_system_default() -> None:
