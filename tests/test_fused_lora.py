@@ -1,5 +1,6 @@
-"""LoRA on a plain nn.Linear runs as one product with the merged weight (forms._LoRALinear): outputs and
-gradients equal the unmerged path's, in training and evaluation, and detach restores the Linear."""
+"""LoRA on a plain nn.Linear runs as one autograd node with its projection, merged (forms._LoRALinear) or
+unmerged with in-place accumulation (forms._LoRAUnmerged): outputs and gradients equal autograd's unmerged
+path's, in training and evaluation, either way; detach restores the Linear."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ def _close(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()), msg=msg or None)
 
 
+_FUSED = ("_LoRALinearBackward", "_LoRAUnmergedBackward")
+
+
 def _run(model, inputs):
     model.zero_grad(set_to_none=True)
     out = model(**inputs).logits
     loss = out.float().square().mean()
-    fused = sum(type(n).__name__ == "_LoRALinearBackward" for n in _nodes(loss.grad_fn))
+    fused = sum(type(n).__name__ in _FUSED for n in _nodes(loss.grad_fn))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.detach(), grads, fused
@@ -28,15 +32,19 @@ def _run(model, inputs):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["lora:r=4", "lora_ffn:r=4", "lora:r=4,s=4 + bitfit"])
-def test_fused_lora_equals_the_unmerged_path(family, method, monkeypatch):
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+def test_fused_lora_equals_the_unmerged_path(family, method, merge, monkeypatch):
+    monkeypatch.setattr(LowRank, "merges", lambda self, linear, x: merge)
     model = tiny(family)
     specs = sum((ps.parse_method(m)[0] for m in method.split(" + ")), ())  # "+" with sizes: specs by hand
     ps.attach(model, ps.plan(model, list(specs)))
     perturb(model)  # non-zero up-projections: every gradient is non-trivial
     # eval mode (the helper's): no dropout draws (T5 also drops inside attention); gradients still flow, and
     # with a dropout-free LoRA the fused path is the same in train mode
-    inputs = batch(model, B=4, T=24)  # N = 96 tokens: enough to merge (fuses_with)
+    inputs = batch(model, B=4, T=24)  # N = 96 tokens: tiny projections merge here (merges)
     out, grads, n_fused = _run(model, inputs)
+    kinds = {type(n).__name__ for n in _nodes(model(**inputs).logits.grad_fn)}
+    assert ("_LoRAUnmergedBackward" in kinds) == (not merge and family != "tiny-gpt2")
     with monkeypatch.context() as mp:
         mp.setattr(LowRank, "fuses_with", lambda self, linear, x: False)
         ref_out, ref_grads, n_ref = _run(model, inputs)
@@ -52,13 +60,15 @@ def test_fused_lora_equals_the_unmerged_path(family, method, monkeypatch):
         torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-5 * scale, msg=k)
 
 
-def test_fused_lora_gives_a_trainable_bias_its_gradient(monkeypatch):
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+def test_fused_lora_gives_a_trainable_bias_its_gradient(merge, monkeypatch):
+    monkeypatch.setattr(LowRank, "merges", lambda self, linear, x: merge)
     model = tiny("tiny-bert")
     ps.attach(model, ps.plan(model, "lora:r=4"))
     perturb(model)
     q = model.bert.encoder.layer[0].attention.self.query
     q.bias.requires_grad_(True)  # a user unfreezing a bias the Δh's projection also reads
-    inputs = batch(model, B=4, T=24)  # N = 96 tokens: enough to merge (fuses_with)
+    inputs = batch(model, B=4, T=24)  # N = 96 tokens: tiny projections merge here (merges)
     _, grads, n_fused = _run(model, inputs)
     with monkeypatch.context() as mp:
         mp.setattr(LowRank, "fuses_with", lambda self, linear, x: False)
@@ -69,11 +79,13 @@ def test_fused_lora_gives_a_trainable_bias_its_gradient(monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["tiny-bert", "tiny-llama", "tiny-t5"])
-def test_fused_lora_in_evaluation_and_after_merge(family, monkeypatch):
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+def test_fused_lora_in_evaluation_and_after_merge(family, merge, monkeypatch):
+    monkeypatch.setattr(LowRank, "merges", lambda self, linear, x: merge)
     model = tiny(family)
     ps.attach(model, ps.plan(model, "lora:r=4"))
     perturb(model)
-    inputs = batch(model, B=4, T=24)  # N = 96 tokens: enough to merge (fuses_with)
+    inputs = batch(model, B=4, T=24)  # N = 96 tokens: tiny projections merge here (merges)
     with torch.no_grad():
         fused = model(**inputs).logits
         with monkeypatch.context() as mp:
@@ -108,16 +120,24 @@ def test_detach_restores_the_linear_forward():
 
 
 def test_merging_is_chosen_by_the_bytes_it_moves():
-    """fuses_with's traffic model: merge when N·(4·in + 2·out) ≥ 4·out·in (training), N·(in + 2·out) ≥
-    2·out·in (no grad). BERT-base's FFN input projection (768 → 3072) breaks even at N = 1024 tokens."""
+    """merges' traffic model: merge when 4·out·in < N·(in + out) (training), 4·out·in < N·(in + 2·out) (no
+    grad). BERT-base's FFN input projection (768 → 3072) breaks even at N ≈ 2458 tokens, ≈ 1366 without grad;
+    the LLaMA-shaped gate projection (576 → 1536) at N ≈ 1676."""
     lora = LowRank(ps.parse_method("lora:r=8")[0][0], 768, 3072, torch.Generator().manual_seed(0))
     ffn_in = torch.nn.Linear(768, 3072).requires_grad_(False)
-    assert not lora.fuses_with(ffn_in, torch.empty(8, 64, 768))  # N = 512: the unmerged form moves less
-    assert lora.fuses_with(ffn_in, torch.empty(16, 64, 768))  # N = 1024
-    with torch.no_grad():  # no backward: merging pays from N = 2·out·in / (in + 2·out) ≈ 683
-        assert not lora.fuses_with(ffn_in, torch.empty(8, 64, 768))
-        assert lora.fuses_with(ffn_in, torch.empty(11, 64, 768))
+    assert lora.fuses_with(ffn_in, torch.empty(8, 64, 768))  # one node either way; merged or not is `merges`
+    assert not lora.merges(ffn_in, torch.empty(8, 64, 768))  # N = 512: the unmerged form moves less
+    assert not lora.merges(ffn_in, torch.empty(38, 64, 768))  # N = 2432
+    assert lora.merges(ffn_in, torch.empty(39, 64, 768))  # N = 2496
+    with torch.no_grad():
+        assert not lora.merges(ffn_in, torch.empty(21, 64, 768))  # N = 1344
+        assert lora.merges(ffn_in, torch.empty(22, 64, 768))  # N = 1408
+    gate = torch.nn.Linear(576, 1536, bias=False).requires_grad_(False)
+    lora = LowRank(ps.parse_method("lora:r=8")[0][0], 576, 1536, torch.Generator().manual_seed(0))
+    assert not lora.merges(gate, torch.empty(16, 64, 576))  # N = 1024, the bench's LLaMA batch
+    assert lora.merges(gate, torch.empty(32, 64, 576))
     model = tiny("tiny-bert")
     ps.attach(model, ps.plan(model, "lora:r=4"))
-    _, _, n_fused = _run(model, batch(model, B=2, T=3))  # 6 tokens: every projection keeps the unmerged form
-    assert n_fused == 0
+    out, _, n_fused = _run(model, batch(model, B=2, T=3))  # 6 tokens: every projection stays unmerged
+    kinds = [type(n).__name__ for n in _nodes(model(**batch(model, B=2, T=3)).logits.grad_fn)]
+    assert n_fused > 0 and "_LoRALinearBackward" not in kinds

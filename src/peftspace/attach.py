@@ -311,7 +311,7 @@ def _install(model, arch: Arch, layer: nn.Module, inst: SiteInstance, delta: Del
     if spec.insertion == "sequential":
         st.handles.append(target.register_forward_hook(_sequential_hook(delta, sl)))
     elif sl is None and isinstance(delta, LowRank) and type(target) is nn.Linear and "forward" not in vars(target):
-        # The projection and its low-rank Δh as one product (forms._LoRALinear): the instance's forward is
+        # The projection and its low-rank Δh as one autograd node (forms.LowRank.linear_forward): the forward is
         # replaced (hooks still run around it) and restored by detach. A second Δh on it takes a hook.
         target.forward = _lora_linear_forward(target, delta)
         st.forwards.append(target)

@@ -11,8 +11,10 @@ Speed (bench/step_time.py, issue 6): an up-projection stored as (out, r) — `lo
 ~5x slower than the transposed zᵀ·g; `_rows` hands the GEMM a row-major (r, out) copy (r·out numbers)
 so the gradient comes out in the fast orientation, and add/scale compositions fold "h + s·Δh" into the
 same GEMM (`torch.addmm`), saving two passes over (N, out) in the forward and one in the backward. LoRA
-on a plain frozen nn.Linear goes further (`_LoRALinear`): the projection runs with the merged weight
-W + s·B·A, one GEMM each way, and only A's and B's gradients take (N, r) products. Those (N, r)-wide
+on a plain frozen nn.Linear goes further: the projection and its Δh are one autograd node, either with the
+merged weight W + s·B·A, one GEMM each way (`_LoRALinear`), or unmerged with the low-rank terms added in
+place into the projection's output and input gradient (`_LoRAUnmerged`), whichever moves fewer bytes for
+the number of tokens (`LowRank.merges`); only A's and B's gradients take (N, r) products. Those (N, r)-wide
 products, and down-projections, run in the orientation CPU BLAS is faster at for their r (`_thin`).
 """
 
@@ -157,6 +159,44 @@ class _LoRALinear(torch.autograd.Function):
                 g_A = _thin(gf, B.t().contiguous()).mul_(ctx.alpha).t().mm(xf)  # α·(g·B)ᵀ·x: (r, N)·(N, in)
             if need[4]:
                 g_B = _thin(xf, A).mul_(ctx.alpha).t().mm(gf).t()  # α·gᵀ·v, taken as (vᵀ·g)ᵀ: the fast orientation
+        return (g_x, None, g_b, g_A, g_B, None, None) + (None,) * ctx.n_sources
+
+
+class _LoRAUnmerged(torch.autograd.Function):
+    """y = x·Wᵀ + b + α·(x·Aᵀ)·Bᵀ on a frozen projection, unmerged, with the low-rank terms accumulated in
+    place into the projection's own output and input gradient.
+
+    Keeps v = x·Aᵀ (N × r) from the forward, so the backward reads x once (A's gradient) rather than twice;
+    x itself, or the inputs it is recomputed from (`_recipe`), as `_LoRALinear`. Against autograd's unmerged
+    graph it saves the separate (N, out) output of h + s·Δh and, in the backward, the (N, in) low-rank input
+    gradient and its sum with the frozen path's. See `LowRank.merges` for when merging moves fewer bytes."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, alpha: float, fn, *sources):
+        ctx.alpha, ctx.fn, ctx.n_sources = alpha, fn, len(sources)
+        v = _thin(x, A)  # (…, r)
+        y = F.linear(x, weight, bias)  # (…, out), a fresh tensor: updated in place
+        _flat(y).addmm_(_flat(v), B.t(), alpha=alpha)
+        ctx.save_for_backward(weight, A, B, v, *(sources if fn is not None else (x,)))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, A, B, v, *rest = ctx.saved_tensors
+        need, alpha = ctx.needs_input_grad, ctx.alpha
+        gf = _flat(grad)  # (N, out)
+        g_x = g_b = g_A = g_B = None
+        u = _thin(gf, B.t().contiguous()) if (need[0] or need[3]) else None  # g·B: (N, r)
+        if need[0]:
+            g_x = torch.matmul(grad, weight)  # (…, out)·(out, in)
+            _flat(g_x).addmm_(u, A, alpha=alpha)
+        if need[2]:
+            g_b = gf.sum(0)
+        if need[3]:
+            xf = _flat(ctx.fn(*rest) if ctx.fn is not None else rest[0])  # (N, in)
+            g_A = u.t().mm(xf).mul_(alpha)  # α·(g·B)ᵀ·x: (r, N)·(N, in)
+        if need[4]:
+            g_B = _flat(v).t().mm(gf).t().mul_(alpha)  # α·gᵀ·v as (vᵀ·g)ᵀ
         return (g_x, None, g_b, g_A, g_B, None, None) + (None,) * ctx.n_sources
 
 
@@ -318,34 +358,49 @@ class LowRank(Delta):
         # h + s·z·W_up in one GEMM: (N, out) + s·(N, r)·(r, out)
         return torch.addmm(_flat(h), _flat(z), _rows(self.lora_B), alpha=alpha).view(h.shape)
 
-    def fuses_with(self, linear: nn.Module, x: torch.Tensor) -> bool:
-        """Whether `linear_forward` can run `linear` and this Δh together (an add/scale composition on a
-        plain frozen nn.Linear; LoRA dropout, which applies to the Δh branch only, is off or not training)
-        and it moves fewer bytes than the unmerged form for x's N = tokens.
+    def fuses_with(self, linear: nn.Module, x: torch.Tensor) -> bool:  # noqa: ARG002 - x: kept for overrides
+        """Whether `linear_forward` can run `linear` and this Δh as one autograd node: an add/scale
+        composition on a plain frozen nn.Linear, with LoRA dropout (on the Δh branch only) off or not
+        training. Whether that node merges the weight or not is `merges`."""
+        return (type(linear) is nn.Linear and not linear.weight.requires_grad and self._alpha() is not None
+                and (isinstance(self.drop, nn.Identity) or not self.training))
 
-        Memory traffic, in numbers: merging reads W and writes W + s·B·A, 2·out·in, once in the forward and
-        once in the backward; the unmerged form adds passes over x and h in the forward (N·in + 2·N·out) and
-        over g, x and the input gradient in the backward (its low-rank part, the sum with the frozen path's),
-        4·N·in + 2·N·out more than the merged form's. So merging pays when N·(4·in + 2·out) ≥ 4·out·in, and
-        without grad when N·(in + 2·out) ≥ 2·out·in: the MiniLM-shaped batch (N = 2048) merges everywhere,
-        BERT-base's FFN at N = 512 (in, out = 768, 3072: break-even N ≈ 1024) does not."""
-        if not (type(linear) is nn.Linear and not linear.weight.requires_grad and self._alpha() is not None
-                and (isinstance(self.drop, nn.Identity) or not self.training)):
-            return False
+    def merges(self, linear: nn.Linear, x: torch.Tensor) -> bool:
+        """Whether the merged form (`_LoRALinear`) moves fewer bytes than the unmerged one (`_LoRAUnmerged`)
+        for x's N = tokens. Memory traffic, in numbers, beyond the frozen projection's own products:
+
+        - merged: building W + s·B·A copies W (read + write out·in) and updates the copy in place (the same
+          again): 4·out·in, once in the forward and once in the backward; the backward's (N, r) products
+          read x twice and g twice: 8·out·in + 2·N·(in + out).
+        - unmerged: v = x·Aᵀ reads x; s·v·Bᵀ is added in place into the projection's output (read + write
+          N·out); the backward adds s·(g·B)·A in place into the input gradient (2·N·in), reads g for g·B and
+          for B's gradient and x for A's: 4·N·(in + out).
+
+        So merging pays when 4·out·in < N·(in + out), and without grad (merged 4·out·in; unmerged N·in +
+        2·N·out) when 4·out·in < N·(in + 2·out). The MiniLM-shaped batch (N = 2048) merges everywhere; the
+        LLaMA-shaped FFN (576 ↔ 1536 at N = 1024) and BERT-base's projections at N = 512 do not.
+        (Counting the copy as free, as an earlier version of this rule did, merged LLaMA's FFN: measured in one
+        process, 30 interleaved repetitions, LoRA-FFN r=8 1.035-1.043 × floor merged, 1.030 unmerged.)"""
         out, fin = linear.weight.shape
         n = x.numel() // max(1, x.shape[-1])
         if torch.is_grad_enabled():
-            return n * (4 * fin + 2 * out) >= 4 * out * fin
-        return n * (fin + 2 * out) >= 2 * out * fin
+            return 4 * out * fin < n * (fin + out)
+        return 4 * out * fin < n * (fin + 2 * out)
 
     def linear_forward(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """linear(x) + s·Δh(x) as ONE product with the merged weight W + s·B·A (see `_LoRALinear`)."""
+        """linear(x) + s·Δh(x) as one autograd node (`_LoRALinear` merged, `_LoRAUnmerged` not: `merges`)."""
         alpha = self._alpha()
+        merge = self.merges(linear, x)
         if not (torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad)):
-            return F.linear(x, torch.addmm(linear.weight, self.lora_B, self.lora_A, alpha=alpha), linear.bias)
+            if merge:
+                return F.linear(x, torch.addmm(linear.weight, self.lora_B, self.lora_A, alpha=alpha), linear.bias)
+            y = F.linear(x, linear.weight, linear.bias)
+            _flat(y).addmm_(_flat(_thin(x, self.lora_A)), self.lora_B.t(), alpha=alpha)
+            return y
         recipe = _recipe(x) if self.lora_A.requires_grad else None
         fn, sources = (None, ()) if recipe is None else (recipe[1], tuple(t.detach() for t in recipe[0]))
-        return _LoRALinear.apply(x, linear.weight, linear.bias, self.lora_A, self.lora_B, alpha, fn, *sources)
+        node = _LoRALinear if merge else _LoRAUnmerged
+        return node.apply(x, linear.weight, linear.bias, self.lora_A, self.lora_B, alpha, fn, *sources)
 
     def weight_delta(self) -> torch.Tensor:
         """ΔW (out, in) such that merging W += ΔW reproduces the composed output (add/scale/learned)."""
