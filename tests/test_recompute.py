@@ -9,9 +9,6 @@ from peftspace import forms
 from tests.helpers import batch, graph_nodes as _nodes, tiny
 
 
-_FUSED = ("_LoRALinearBackward", "_LoRAUnmergedBackward")
-
-
 def _grads(model, inputs, hooks: bool):
     model.zero_grad(set_to_none=True)
     ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t) if hooks else torch.enable_grad()
@@ -19,7 +16,7 @@ def _grads(model, inputs, hooks: bool):
         out = model(**inputs)
         loss = out.logits.float().square().mean()
         n_recomputed = sum(type(n).__name__ == "_DownRecomputedBackward"  # unmerged LoRA (GPT-2's Conv1D)
-                           or (type(n).__name__ in _FUSED and n.fn is not None)  # fused LoRA
+                           or (type(n).__name__ == "_LoRALinearBackward" and n.fn is not None)  # fused LoRA
                            for n in _nodes(loss.grad_fn))
         loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, n_recomputed

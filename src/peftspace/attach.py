@@ -329,7 +329,7 @@ def _lora_linear_forward(linear: nn.Linear, delta: LowRank):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if delta.merged:
             return F.linear(x, linear.weight, linear.bias)
-        if delta.fuses_with(linear, x):
+        if delta.fuses_with(linear):
             return delta.linear_forward(linear, x)
         return delta.composed(F.linear(x, linear.weight, linear.bias), x)  # dropout, learned scale, gate
 

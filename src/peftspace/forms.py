@@ -12,8 +12,8 @@ Speed (bench/step_time.py, issue 6): an up-projection stored as (out, r) — `lo
 so the gradient comes out in the fast orientation, and add/scale compositions fold "h + s·Δh" into the
 same GEMM (`torch.addmm`), saving two passes over (N, out) in the forward and one in the backward. LoRA
 on a plain frozen nn.Linear goes further: the projection and its Δh are one autograd node, either with the
-merged weight W + s·B·A, one GEMM each way (`_LoRALinear`), or unmerged with the low-rank terms added in
-place into the projection's output and input gradient (`_LoRAUnmerged`), whichever moves fewer bytes for
+merged weight W + s·B·A, one GEMM each way, or unmerged with the low-rank terms added in place into the
+projection's output and input gradient (`_LoRALinear`), whichever moves fewer bytes for
 the number of tokens (`LowRank.merges`); only A's and B's gradients take (N, r) products. Those (N, r)-wide
 products, and down-projections, run in the orientation CPU BLAS is faster at for their r (`_thin`).
 """
@@ -127,77 +127,64 @@ class _DownRecomputed(torch.autograd.Function):
         return (g_x, g_w, None) + (None,) * len(sources)
 
 
+def _lora_unmerged(x, weight, bias, A, B, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x·Wᵀ + b + α·v·Bᵀ, v) with v = x·Aᵀ, the low-rank term added in place into the projection's output."""
+    v = _thin(x, A)  # (…, r)
+    y = F.linear(x, weight, bias)  # (…, out), a fresh tensor
+    _flat(y).addmm_(_flat(v), B.t(), alpha=alpha)
+    return y, v
+
+
 class _LoRALinear(torch.autograd.Function):
-    """y = x·(W + α·B·A)ᵀ + b: a frozen projection and its low-rank Δh as one GEMM each way.
+    """y = x·(W + α·B·A)ᵀ + b: a frozen projection and its low-rank Δh as one autograd node, in one of two
+    forms (`LowRank.merges` picks the one that moves fewer bytes for the number of tokens):
 
-    The forward and the input gradient use the merged (out, in) weight — α·B·A costs out·in·r, nothing
-    next to N·out·in — so the unmerged form's N-sized passes are gone: its separate down-projection
-    x·Aᵀ in the forward, and in the backward the low-rank input gradient (g·B)·A and its sum with the
-    frozen path's g·W. A's and B's gradients come from two (N, r) products, u = g·B and v = x·Aᵀ. Keeps
-    x (or, where `_recipe` applies, the inputs x is recomputed from) and the merged weight is rebuilt in
-    backward rather than kept."""
+    - merged: the forward and the input gradient use W + α·B·A (α·B·A costs out·in·r, nothing next to
+      N·out·in), one GEMM each way, rebuilt in backward rather than kept; A's and B's gradients come from
+      the (N, r) products u = g·B and v = x·Aᵀ.
+    - unmerged: v = x·Aᵀ is kept (N × r), α·v·Bᵀ added in place into the projection's own output and, in
+      the backward, α·u·A into its input gradient; x is then read once, for A's gradient.
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, A, B, alpha: float, fn, *sources):
-        ctx.alpha, ctx.fn, ctx.n_sources = alpha, fn, len(sources)
-        ctx.save_for_backward(weight, A, B, *(sources if fn is not None else (x,)))
-        return F.linear(x, torch.addmm(weight, B, A, alpha=alpha), bias)
+    Against autograd's unmerged graph either form saves the separate (N, out) output of h + s·Δh and, in
+    the backward, the (N, in) low-rank input gradient and its sum with the frozen path's. Keeps x (or, where
+    `_recipe` applies, the inputs x is recomputed from)."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        weight, A, B, *rest = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        gf = _flat(grad)  # (N, out)
-        g_x = g_b = g_A = g_B = None
-        if need[0]:
-            g_x = torch.matmul(grad, torch.addmm(weight, B, A, alpha=ctx.alpha))  # (…, out)·(out, in)
-        if need[2]:
-            g_b = gf.sum(0)
-        if need[3] or need[4]:
-            xf = _flat(ctx.fn(*rest) if ctx.fn is not None else rest[0])  # (N, in)
-            if need[3]:
-                g_A = _thin(gf, B.t().contiguous()).mul_(ctx.alpha).t().mm(xf)  # α·(g·B)ᵀ·x: (r, N)·(N, in)
-            if need[4]:
-                g_B = _thin(xf, A).mul_(ctx.alpha).t().mm(gf).t()  # α·gᵀ·v, taken as (vᵀ·g)ᵀ: the fast orientation
-        return (g_x, None, g_b, g_A, g_B, None, None) + (None,) * ctx.n_sources
-
-
-class _LoRAUnmerged(torch.autograd.Function):
-    """y = x·Wᵀ + b + α·(x·Aᵀ)·Bᵀ on a frozen projection, unmerged, with the low-rank terms accumulated in
-    place into the projection's own output and input gradient.
-
-    Keeps v = x·Aᵀ (N × r) from the forward, so the backward reads x once (A's gradient) rather than twice;
-    x itself, or the inputs it is recomputed from (`_recipe`), as `_LoRALinear`. Against autograd's unmerged
-    graph it saves the separate (N, out) output of h + s·Δh and, in the backward, the (N, in) low-rank input
-    gradient and its sum with the frozen path's. See `LowRank.merges` for when merging moves fewer bytes."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, A, B, alpha: float, fn, *sources):
-        ctx.alpha, ctx.fn, ctx.n_sources = alpha, fn, len(sources)
-        v = _thin(x, A)  # (…, r)
-        y = F.linear(x, weight, bias)  # (…, out), a fresh tensor: updated in place
-        _flat(y).addmm_(_flat(v), B.t(), alpha=alpha)
-        ctx.save_for_backward(weight, A, B, v, *(sources if fn is not None else (x,)))
+    def forward(ctx, x, weight, bias, A, B, alpha: float, merge: bool, fn, *sources):
+        ctx.alpha, ctx.merge, ctx.fn, ctx.n_sources = alpha, merge, fn, len(sources)
+        if merge:
+            y, kept = F.linear(x, torch.addmm(weight, B, A, alpha=alpha), bias), ()
+        else:
+            y, v = _lora_unmerged(x, weight, bias, A, B, alpha)
+            kept = (v,)
+        ctx.save_for_backward(weight, A, B, *kept, *(sources if fn is not None else (x,)))
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weight, A, B, v, *rest = ctx.saved_tensors
+        weight, A, B, *rest = ctx.saved_tensors
+        v = None if ctx.merge else rest.pop(0)
         need, alpha = ctx.needs_input_grad, ctx.alpha
         gf = _flat(grad)  # (N, out)
         g_x = g_b = g_A = g_B = None
-        u = _thin(gf, B.t().contiguous()) if (need[0] or need[3]) else None  # g·B: (N, r)
+        u = _thin(gf, B.t().contiguous()) if need[3] or (need[0] and v is not None) else None  # g·B: (N, r)
         if need[0]:
-            g_x = torch.matmul(grad, weight)  # (…, out)·(out, in)
-            _flat(g_x).addmm_(u, A, alpha=alpha)
+            if v is None:
+                g_x = torch.matmul(grad, torch.addmm(weight, B, A, alpha=alpha))  # (…, out)·(out, in)
+            else:
+                g_x = torch.matmul(grad, weight)
+                _flat(g_x).addmm_(u, A, alpha=alpha)
         if need[2]:
             g_b = gf.sum(0)
-        if need[3]:
+        xf = None
+        if need[3] or (need[4] and v is None):
             xf = _flat(ctx.fn(*rest) if ctx.fn is not None else rest[0])  # (N, in)
+        if need[3]:
             g_A = u.t().mm(xf).mul_(alpha)  # α·(g·B)ᵀ·x: (r, N)·(N, in)
         if need[4]:
-            g_B = _flat(v).t().mm(gf).t().mul_(alpha)  # α·gᵀ·v as (vᵀ·g)ᵀ
-        return (g_x, None, g_b, g_A, g_B, None, None) + (None,) * ctx.n_sources
+            v = _thin(xf, A) if v is None else _flat(v)
+            g_B = v.t().mm(gf).t().mul_(alpha)  # α·gᵀ·v, taken as (vᵀ·g)ᵀ: the fast orientation
+        return (g_x, None, g_b, g_A, g_B, None, None, None) + (None,) * ctx.n_sources
 
 
 def _down(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -358,7 +345,7 @@ class LowRank(Delta):
         # h + s·z·W_up in one GEMM: (N, out) + s·(N, r)·(r, out)
         return torch.addmm(_flat(h), _flat(z), _rows(self.lora_B), alpha=alpha).view(h.shape)
 
-    def fuses_with(self, linear: nn.Module, x: torch.Tensor) -> bool:  # noqa: ARG002 - x: kept for overrides
+    def fuses_with(self, linear: nn.Module) -> bool:
         """Whether `linear_forward` can run `linear` and this Δh as one autograd node: an add/scale
         composition on a plain frozen nn.Linear, with LoRA dropout (on the Δh branch only) off or not
         training. Whether that node merges the weight or not is `merges`."""
@@ -366,8 +353,7 @@ class LowRank(Delta):
                 and (isinstance(self.drop, nn.Identity) or not self.training))
 
     def merges(self, linear: nn.Linear, x: torch.Tensor) -> bool:
-        """Whether the merged form (`_LoRALinear`) moves fewer bytes than the unmerged one (`_LoRAUnmerged`)
-        for x's N = tokens. Memory traffic, in numbers, beyond the frozen projection's own products:
+        """Whether `_LoRALinear`'s merged form moves fewer bytes than its unmerged one for x's N = tokens. Memory traffic, in numbers, beyond the frozen projection's own products:
 
         - merged: building W + s·B·A copies W (read + write out·in) and updates the copy in place (the same
           again): 4·out·in, once in the forward and once in the backward; the backward's (N, r) products
@@ -388,19 +374,16 @@ class LowRank(Delta):
         return 4 * out * fin < n * (fin + 2 * out)
 
     def linear_forward(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """linear(x) + s·Δh(x) as one autograd node (`_LoRALinear` merged, `_LoRAUnmerged` not: `merges`)."""
+        """linear(x) + s·Δh(x) as one autograd node (`_LoRALinear`), merged or not as `merges` says."""
         alpha = self._alpha()
         merge = self.merges(linear, x)
         if not (torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad)):
             if merge:
                 return F.linear(x, torch.addmm(linear.weight, self.lora_B, self.lora_A, alpha=alpha), linear.bias)
-            y = F.linear(x, linear.weight, linear.bias)
-            _flat(y).addmm_(_flat(_thin(x, self.lora_A)), self.lora_B.t(), alpha=alpha)
-            return y
+            return _lora_unmerged(x, linear.weight, linear.bias, self.lora_A, self.lora_B, alpha)[0]
         recipe = _recipe(x) if self.lora_A.requires_grad else None
         fn, sources = (None, ()) if recipe is None else (recipe[1], tuple(t.detach() for t in recipe[0]))
-        node = _LoRALinear if merge else _LoRAUnmerged
-        return node.apply(x, linear.weight, linear.bias, self.lora_A, self.lora_B, alpha, fn, *sources)
+        return _LoRALinear.apply(x, linear.weight, linear.bias, self.lora_A, self.lora_B, alpha, merge, fn, *sources)
 
     def weight_delta(self) -> torch.Tensor:
         """ΔW (out, in) such that merging W += ΔW reproduces the composed output (add/scale/learned)."""
