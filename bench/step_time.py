@@ -41,6 +41,12 @@ from typing import Any, Callable
 
 _T0 = time.monotonic()  # --quick keeps the whole run, imports included, under 5 minutes
 
+# How idle OpenMP threads wait is read once, when torch loads. Measure what the CLI runs with
+# (scripts/peftspace) unless the caller set it: spin up to 10,000 iterations, then sleep (bench/README,
+# "OpenMP waits"). Not when imported (tests): the importer's process is not ours to configure.
+if __name__ == "__main__" and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
+    os.environ["GOMP_SPINCOUNT"] = "10000"
+
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
@@ -762,12 +768,20 @@ def apply_malloc(mode: str) -> str:
     return "keep" if keep_freed_memory() else "system (keep_freed_memory unavailable here)"
 
 
+def openmp_wait() -> str:
+    """How this process's idle OpenMP threads wait, as set in its environment when torch loaded."""
+    policy, spin = os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")
+    if policy:
+        return f"OMP_WAIT_POLICY={policy}" + (f", GOMP_SPINCOUNT={spin}" if spin else "")
+    return f"GOMP_SPINCOUNT={spin}" if spin else "OpenMP default"
+
+
 def environment(threads: int, malloc: str) -> dict:
     import transformers
 
     env = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": platform.machine(), "cpus": os.cpu_count(),
-           "threads": threads, "malloc": malloc, "python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__}
+           "threads": threads, "malloc": malloc, "openmp_wait": openmp_wait(), "python": platform.python_version(),
+           "torch": torch.__version__, "transformers": transformers.__version__}
     for lib in ("peft", "adapters"):
         try:
             env[lib] = __import__(lib).__version__

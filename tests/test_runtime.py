@@ -56,3 +56,47 @@ def test_opt_out_keeps_the_system_default() -> None:
     r = _probe("keep", PEFTSPACE_MALLOC="system")
     assert r["applied"] is False
     assert r["faults"] >= 5 * pages, r
+
+
+# ---- OpenMP waits: scripts/peftspace (the CLI) and bench/step_time.py run with GOMP_SPINCOUNT=10000 ----
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _wrapper_env(tmp_path, **env) -> dict:
+    """The environment scripts/peftspace hands the CLI: run on a copy whose setup and CLI are stubs."""
+    (tmp_path / "scripts").mkdir(exist_ok=True)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
+    wrapper = tmp_path / "scripts" / "peftspace"
+    wrapper.write_text(open(os.path.join(_ROOT, "scripts", "peftspace")).read())
+    (tmp_path / "scripts" / "setup").write_text("#!/usr/bin/env bash\nexit 0\n")
+    cli = tmp_path / ".venv" / "bin" / "peftspace"
+    cli.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'\n")
+    for f in (wrapper, tmp_path / "scripts" / "setup", cli):
+        f.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run(["bash", str(wrapper)], env={**base, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_cli_wrapper_spins_briefly_unless_told(tmp_path):
+    env = _wrapper_env(tmp_path)
+    assert env.get("GOMP_SPINCOUNT") == "10000" and "OMP_WAIT_POLICY" not in env
+    env = _wrapper_env(tmp_path, OMP_WAIT_POLICY="PASSIVE")  # the user's policy wins, no spin count added
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in env
+    env = _wrapper_env(tmp_path, GOMP_SPINCOUNT="500")
+    assert env["GOMP_SPINCOUNT"] == "500" and "OMP_WAIT_POLICY" not in env
+
+
+def test_bench_records_how_openmp_threads_wait(monkeypatch):
+    sys.path.insert(0, os.path.join(_ROOT, "bench"))
+    try:
+        import step_time
+    finally:
+        sys.path.pop(0)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert step_time.openmp_wait() == "OpenMP default"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    assert step_time.openmp_wait() == "GOMP_SPINCOUNT=10000"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert step_time.openmp_wait() == "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=10000"
