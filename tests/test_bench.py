@@ -182,3 +182,14 @@ def test_merge_takes_medians_over_runs(rows, bench, tmp_path):
         if r.get("ratio_to_floor"):
             assert m["ratio_to_floor"] == pytest.approx(r["ratio_to_floor"])  # median of (x, 1.5x, x)
             assert len(m["ratio_runs"]) == 3
+
+
+def test_bench_records_how_openmp_threads_wait(bench, monkeypatch):
+    """env.openmp_wait: what the process's environment told OpenMP (the script sets the CLI's spin count)."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert bench.openmp_wait() == "OpenMP default"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    assert bench.openmp_wait() == "GOMP_SPINCOUNT=10000"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert bench.openmp_wait() == "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=10000"

@@ -1,4 +1,5 @@
-"""peftspace.runtime.keep_freed_memory: freed blocks are reused instead of page-faulted back in.
+"""Process settings: peftspace.runtime.keep_freed_memory (freed blocks are reused instead of page-faulted
+back in) and the OpenMP spin count scripts/peftspace hands the CLI.
 
 Each case runs in a fresh interpreter: the setting is process-wide and cannot be undone there."""
 
@@ -58,7 +59,7 @@ def test_opt_out_keeps_the_system_default() -> None:
     assert r["faults"] >= 5 * pages, r
 
 
-# ---- OpenMP waits: scripts/peftspace (the CLI) and bench/step_time.py run with GOMP_SPINCOUNT=10000 ----
+# ---- OpenMP waits: scripts/peftspace (the CLI) runs with GOMP_SPINCOUNT=10000 (bench: test_bench.py) ----
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -70,7 +71,8 @@ def _wrapper_env(tmp_path, **env) -> dict:
     wrapper.write_text(open(os.path.join(_ROOT, "scripts", "peftspace")).read())
     (tmp_path / "scripts" / "setup").write_text("#!/usr/bin/env bash\nexit 0\n")
     cli = tmp_path / ".venv" / "bin" / "peftspace"
-    cli.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'\n")
+    show_env = "import json, os; print(json.dumps(dict(os.environ)))"
+    cli.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c '{show_env}'\n")
     for f in (wrapper, tmp_path / "scripts" / "setup", cli):
         f.chmod(0o755)
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
@@ -86,17 +88,3 @@ def test_cli_wrapper_spins_briefly_unless_told(tmp_path):
     env = _wrapper_env(tmp_path, GOMP_SPINCOUNT="500")
     assert env["GOMP_SPINCOUNT"] == "500" and "OMP_WAIT_POLICY" not in env
 
-
-def test_bench_records_how_openmp_threads_wait(monkeypatch):
-    sys.path.insert(0, os.path.join(_ROOT, "bench"))
-    try:
-        import step_time
-    finally:
-        sys.path.pop(0)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    assert step_time.openmp_wait() == "OpenMP default"
-    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
-    assert step_time.openmp_wait() == "GOMP_SPINCOUNT=10000"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert step_time.openmp_wait() == "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=10000"

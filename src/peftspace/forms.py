@@ -128,7 +128,8 @@ class _DownRecomputed(torch.autograd.Function):
 
 
 def _lora_unmerged(x, weight, bias, A, B, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x·Wᵀ + b + α·v·Bᵀ, v) with v = x·Aᵀ, the low-rank term added in place into the projection's output."""
+    """(x·Wᵀ + b + α·v·Bᵀ, v) with v = x·Aᵀ; the low-rank term is added in place into the projection's
+    output."""
     v = _thin(x, A)  # (…, r)
     y = F.linear(x, weight, bias)  # (…, out), a fresh tensor
     _flat(y).addmm_(_flat(v), B.t(), alpha=alpha)
@@ -353,7 +354,8 @@ class LowRank(Delta):
                 and (isinstance(self.drop, nn.Identity) or not self.training))
 
     def merges(self, linear: nn.Linear, x: torch.Tensor) -> bool:
-        """Whether `_LoRALinear`'s merged form moves fewer bytes than its unmerged one for x's N = tokens. Memory traffic, in numbers, beyond the frozen projection's own products:
+        """Whether `_LoRALinear`'s merged form moves fewer bytes than its unmerged one for x's N = tokens.
+        Memory traffic, in numbers, beyond the frozen projection's own products:
 
         - merged: building W + s·B·A copies W (read + write out·in) and updates the copy in place (the same
           again): 4·out·in, once in the forward and once in the backward; the backward's (N, r) products
