@@ -91,6 +91,11 @@ class Shape:
     batch: int
     seq: int
     note: str
+    # Depth of the model whose layer this shape borrows, when it keeps fewer layers (to run faster). A budget
+    # in percent then means the per-layer sizes that percent gives at full depth: a percent of the truncated
+    # model would be a percent of a model whose embeddings weigh more (SmolLM2-135M: 21% of its parameters;
+    # of 8 of its 30 layers: 50%), and so larger per-layer sizes than any user of that model gets.
+    full_layers: int | None = None
 
 
 SHAPES: dict[str, Shape] = {
@@ -103,12 +108,14 @@ SHAPES: dict[str, Shape] = {
                                                  max_position_embeddings=512, type_vocab_size=2),
                        8, 64, "bert-base shape: 12 layers x 768, 12 heads, FFN 3072"),
     # SmolLM2-135M's layer (576 wide, 9 heads / 3 KV heads of 64, gated FFN 1536), 8 of its 30 layers: the
-    # full depth would take ~4x the MiniLM step; per-layer overheads do not depend on the depth.
+    # full depth would take ~4x the MiniLM step; per-layer overheads do not depend on the depth, and budgets
+    # are SmolLM2-135M's per layer (`full_layers`).
     "llama": Shape("llama", "llama", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
                                           num_hidden_layers=8, num_attention_heads=9, num_key_value_heads=3,
                                           head_dim=64, max_position_embeddings=2048, rms_norm_eps=1e-5,
                                           rope_theta=100000.0, tie_word_embeddings=True, pad_token_id=2),
-                   16, 64, "SmolLM2-135M layer shape (576, 9 heads / 3 KV of 64, FFN 1536), 8 layers"),
+                   16, 64, "SmolLM2-135M layer shape (576, 9 heads / 3 KV of 64, FFN 1536), 8 layers",
+                   full_layers=30),
     "tiny-llama": Shape("tiny-llama", "llama", dict(vocab_size=1000, hidden_size=64, intermediate_size=128,
                                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                                     max_position_embeddings=128, tie_word_embeddings=True,
@@ -117,6 +124,32 @@ SHAPES: dict[str, Shape] = {
                                        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2),
                   4, 16, "test shape: 2 layers x 32 (machinery only)"),
 }
+
+
+def shape_budget(shape: Shape, base: nn.Module, budget: str) -> tuple[str | int, str | None]:
+    """The budget to plan `base` with, and a note when it is not `budget` itself: for a truncated shape
+    (`full_layers`) a percent becomes the parameter count that gives this model the per-layer sizes that
+    percent gives the full-depth model (built on the meta device, so nothing is allocated)."""
+    from peftspace.plan import budget_target, model_arch, parse_budget
+
+    kind, _ = parse_budget(budget)
+    n = base.config.num_hidden_layers
+    if shape.full_layers is None or shape.full_layers == n or kind == "count":
+        return budget, None
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.for_model(shape.model_type, **{**shape.fields, "num_hidden_layers": shape.full_layers},
+                               num_labels=2)
+    with torch.device("meta"):
+        full = AutoModelForSequenceClassification.from_config(cfg)
+    full_params = model_arch(full)["backbone_params"]
+    own = model_arch(base)["backbone_params"]
+    count = round(budget_target(budget, full_params) * n / shape.full_layers)
+    note = (f"{budget} here: the per-layer sizes {budget} gives the {shape.full_layers}-layer model "
+            f"({full_params:,} parameters) = {count:,} trainable over these {n} layers "
+            f"({100 * count / own:.2f}% of this model; {budget} of it, {budget_target(budget, own):,}, "
+            f"would give larger sizes than the full model gets, its embeddings being a larger share)")
+    return count, note
 
 
 def build_model(shape: Shape, seed: int = 0) -> nn.Module:
@@ -312,7 +345,7 @@ def describe_plan(plan) -> str:
     return "; ".join(f"{n}@{len(v[1])}L" for n, v in per_spec.items())
 
 
-def design_plan(model: nn.Module, budget: str):
+def design_plan(model: nn.Module, budget: str | int):
     """A design sampled from the design space S0 (Chen et al. 2023) under `budget`; if `peftspace.spaces`
     is unavailable, a hand-made mixed per-layer plan (lora / prefix / adapter / bitfit by turns)."""
     try:
@@ -324,15 +357,15 @@ def design_plan(model: nn.Module, budget: str):
         strat = " | ".join("+".join(s) for _, s in design.strategies)
         return "design", f"S0 seed 0: layers {sizes}; {strat}", plan
     except Exception as err:  # noqa: BLE001 - any failure of the (young) spaces package: fall back
-        from peftspace.plan import Plan, PlanEntry, model_arch, solve_sizes
+        from peftspace.plan import Plan, PlanEntry, budget_target, model_arch, solve_sizes
         from peftspace.presets import PRESETS
 
         arch = model_arch(model)
         stack, n = next(iter(arch["stacks"].items()))
         turns = ("lora", "prefix", "adapter", "bitfit")
         entries = tuple(PlanEntry(stack, i, sp) for i in range(n) for sp in PRESETS[turns[i % 4]])
-        plan = solve_sizes(Plan(arch, entries, {"method": "mixed-design"}), round(float(budget.rstrip("%")) / 100 *
-                                                                                   arch["backbone_params"]))
+        plan = solve_sizes(Plan(arch, entries, {"method": "mixed-design"}),
+                           budget_target(budget, arch["backbone_params"]))
         return "mixed-design", f"by hand ({type(err).__name__}): " + " | ".join(turns), plan
 
 
@@ -428,6 +461,11 @@ def build_cases(shape: Shape, base: nn.Module, args) -> tuple[list[Case], list[s
             use_ps = False
             notes.append(f"peftspace does not import here ({type(err).__name__}: {err}); anchors only")
     methods = [m for m in PRESET_ORDER if m in args.methods]
+    budget = args.budget
+    if use_ps and "budget" in args.configs:
+        budget, why = shape_budget(shape, base, args.budget)
+        if why:
+            notes.append(why)
     seen_plans: dict[str, str] = {}
     by_key: dict[str, Case] = {}
     configs = [c for c in ("anchor", "budget") if c in args.configs]
@@ -443,7 +481,7 @@ def build_cases(shape: Shape, base: nn.Module, args) -> tuple[list[Case], list[s
                 continue
             try:
                 c = (peftspace_case(base, key, m, label, anchor_method(m, d)) if config == "anchor"
-                     else peftspace_case(base, key, m, label, m, budget=args.budget))
+                     else peftspace_case(base, key, m, label, m, budget=budget))
             except Exception as err:  # noqa: BLE001 - e.g. a budget no size of this preset meets
                 notes.append(f"{m} at {label}: {type(err).__name__}: {err}")
                 continue
@@ -463,7 +501,7 @@ def build_cases(shape: Shape, base: nn.Module, args) -> tuple[list[Case], list[s
             by_key[key] = c
         if config == "budget" and use_ps and "design" in args.methods:
             try:
-                name, desc, plan = design_plan(base, args.budget)
+                name, desc, plan = design_plan(base, budget)
                 c = peftspace_case(base, f"{name}:{label}", name, label, plan, spec=desc)
                 cases.append(c)
                 by_key[c.key] = c
@@ -663,6 +701,9 @@ def rows_for(shape: Shape, cases: list[Case], args) -> list[dict]:
             "extra_memory_ratio": (m.extra_memory / f_extra) if m.extra_memory and f_extra else None,
             "error": m.error,
         }
+        plan = getattr(m, "plan", None)
+        if c.config not in ("anchor", "reference", "eval") and plan is not None and "budget_params" in plan.meta:
+            row["budget_params"] = plan.meta["budget_params"]  # the target count the sizes were solved for
         if c.kind == "eval":
             row["ratio_to_base"] = row.pop("ratio_to_floor")
             row["target"] = EVAL_TARGET.get(c.method)

@@ -193,3 +193,32 @@ def test_bench_records_how_openmp_threads_wait(bench, monkeypatch):
     assert bench.openmp_wait() == "GOMP_SPINCOUNT=10000"
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert bench.openmp_wait() == "OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=10000"
+
+
+def test_truncated_shape_budgets_at_full_depth_sizes(bench):
+    """A shape that keeps 2 of a model's 6 layers plans '2%' with the per-layer sizes '2%' gives all 6."""
+    import peftspace as ps
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tiny = bench.SHAPES["tiny-llama"]
+    shape = bench.Shape("cut", "llama", tiny.fields, tiny.batch, tiny.seq, "2 of 6 layers", full_layers=6)
+    base = bench.build_model(shape)
+    count, note = bench.shape_budget(shape, base, "2%")
+    assert isinstance(count, int) and "6-layer" in note
+    cfg = AutoConfig.for_model("llama", **{**tiny.fields, "num_hidden_layers": 6}, num_labels=2)
+    full = AutoModelForSequenceClassification.from_config(cfg)
+    for method in ("lora", "adapter", "prefix", "mam"):
+        at_depth = bench.size_label(ps.plan(full, method, budget="2%"))
+        assert bench.size_label(ps.plan(base, method, budget=count)) == at_depth, method
+        assert bench.size_label(ps.plan(base, method, budget="2%")) != at_depth, method  # what it corrects
+    assert bench.shape_budget(shape, base, "1500") == ("1500", None)  # a count is a count
+    assert bench.shape_budget(tiny, base, "2%") == ("2%", None)  # full depth already
+
+
+def test_bench_rows_carry_the_budget_they_were_solved_for(bench):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.main(["--models", "tiny", "--methods", "lora", "--configs", "budget", "--budget", "2%",
+                    "--reps", "1", "--max-reps", "1", "--threads", "1", "--no-full", "--no-eval", "--json"])
+    row = next(r for r in json.loads(out.getvalue()) if r["method"] == "lora")
+    assert row["budget_params"] > 0 and abs(row["trainable_params"] - row["budget_params"]) < row["budget_params"] * 0.2
