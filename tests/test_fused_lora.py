@@ -143,3 +143,29 @@ def test_merging_is_chosen_by_the_bytes_it_moves():
     _, _, n_fused = _run(model, batch(model, B=2, T=3))  # 6 tokens: every projection stays unmerged
     merged = [n.merge for n in _fused(model(**batch(model, B=2, T=3)).logits.grad_fn)]
     assert n_fused > 0 and not any(merged)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bitfit_inside_the_projection_bias_equals_the_hook(family, monkeypatch):
+    """BitFit's Δh as the GEMM's bias (forms.BiasDelta.linear_forward) against h + b after the projection
+    (spec rule 'bias-composition': always add): the same outputs and gradients, for projections with a
+    bias (BERT) and without (LLaMA, T5)."""
+    from peftspace.forms import BiasDelta
+
+    model = tiny(family)
+    ps.attach(model, ps.plan(model, "bitfit"))
+    perturb(model)
+    inputs = batch(model, B=4, T=24)
+    replaced = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and "forward" in vars(m)]
+    assert bool(replaced) == (family != "tiny-gpt2")  # GPT-2: Conv1D, not nn.Linear: the hook
+    out, grads, _ = _run(model, inputs)
+    with monkeypatch.context() as mp:
+        mp.setattr(BiasDelta, "fuses_with", lambda self, linear: False)
+        ref_out, ref_grads, _ = _run(model, inputs)
+    _close(out, ref_out)
+    assert grads.keys() == ref_grads.keys() and any(".peftspace." in k for k in grads)
+    scale = max(g.abs().max().item() for g in ref_grads.values())
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-5 * scale, msg=k)
+    ps.detach(model)
+    assert not any("forward" in vars(m) for m in replaced)

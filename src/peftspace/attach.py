@@ -310,10 +310,12 @@ def _install(model, arch: Arch, layer: nn.Module, inst: SiteInstance, delta: Del
     st.targets[id(delta)] = (target, sl)
     if spec.insertion == "sequential":
         st.handles.append(target.register_forward_hook(_sequential_hook(delta, sl)))
-    elif sl is None and isinstance(delta, LowRank) and type(target) is nn.Linear and "forward" not in vars(target):
-        # The projection and its low-rank Δh as one autograd node (forms.LowRank.linear_forward): the forward is
-        # replaced (hooks still run around it) and restored by detach. A second Δh on it takes a hook.
-        target.forward = _lora_linear_forward(target, delta)
+    elif (sl is None and isinstance(delta, (LowRank, BiasDelta)) and type(target) is nn.Linear
+          and "forward" not in vars(target)):
+        # The projection and its low-rank or bias Δh as one autograd node (forms.LowRank / BiasDelta
+        # .linear_forward): the forward is replaced (hooks still run around it) and restored by detach. A
+        # second Δh on it takes a hook.
+        target.forward = _fused_linear_forward(target, delta)
         st.forwards.append(target)
     else:
         st.handles.append(target.register_forward_hook(_linear_parallel_hook(delta, sl)))
@@ -325,7 +327,7 @@ def _splice(out: torch.Tensor, sl: slice | None, new: torch.Tensor) -> torch.Ten
     return torch.cat([out[..., : sl.start], new, out[..., sl.stop:]], dim=-1)
 
 
-def _lora_linear_forward(linear: nn.Linear, delta: LowRank):
+def _fused_linear_forward(linear: nn.Linear, delta: LowRank | BiasDelta):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if delta.merged:
             return F.linear(x, linear.weight, linear.bias)

@@ -520,6 +520,20 @@ class BiasDelta(Delta):
     def delta(self, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - x unused: Δh is constant
         return self.delta_bias
 
+    def fuses_with(self, linear: nn.Module) -> bool:
+        """Whether `linear_forward` can run `linear` with this Δh inside its bias: a plain nn.Linear (spec
+        rule 'bias-composition' allows only 'add'). Its dropout has nothing to drop (Δh is a constant)."""
+        return type(linear) is nn.Linear and self._alpha() is not None
+
+    def linear_forward(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """linear(x) + b as x·Wᵀ + (b_frozen + b): the GEMM starts from the bias (addmm) instead of a second
+        pass that reads and writes the whole (N, out) output (LLaMA shape: 55 such passes a step). Backward
+        is the same column sum of the output gradient that the add takes."""
+        b = self.delta_bias
+        if linear.bias is not None:
+            b = linear.bias + b
+        return F.linear(x, linear.weight, b.to(x.dtype) if b.dtype != x.dtype else b)
+
 
 class Prompt(Delta):
     """Prompt tuning (Lester et al. 2021): l vectors at the stack input; He et al. count l·d."""
