@@ -56,10 +56,12 @@ def test_fused_lora_equals_the_unmerged_path(family, method, merge, monkeypatch)
     _close(out, ref_out)
     assert grads.keys() == ref_grads.keys()
     # one absolute scale for all: some gradients are zero in exact arithmetic (a key bias: softmax is
-    # shift-invariant) and only rounding noise in either path
+    # shift-invariant) and only rounding noise in either path. 3e-5: T5's unscaled attention scores carry
+    # the merged weight's rounding further (tiny-t5-gated, merged, 300 perturbations: 5 exceeded 1e-5·scale,
+    # by up to 1.22x — the CI run of c9819f4 drew one of them)
     scale = max(g.abs().max().item() for g in ref_grads.values())
     for k in grads:
-        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-5 * scale, msg=k)
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=3e-5 * scale, msg=k)
 
 
 @pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
