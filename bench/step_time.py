@@ -702,7 +702,7 @@ def rows_for(shape: Shape, cases: list[Case], args) -> list[dict]:
             "error": m.error,
         }
         plan = getattr(m, "plan", None)
-        if c.config not in ("anchor", "reference", "eval") and plan is not None and "budget_params" in plan.meta:
+        if plan is not None and "budget_params" in plan.meta:  # only plans made under a budget have it
             row["budget_params"] = plan.meta["budget_params"]  # the target count the sizes were solved for
         if c.kind == "eval":
             row["ratio_to_base"] = row.pop("ratio_to_floor")

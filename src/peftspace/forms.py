@@ -521,9 +521,10 @@ class BiasDelta(Delta):
         return self.delta_bias
 
     def fuses_with(self, linear: nn.Module) -> bool:
-        """Whether `linear_forward` can run `linear` with this Δh inside its bias: a plain nn.Linear (spec
-        rule 'bias-composition' allows only 'add'). Its dropout has nothing to drop (Δh is a constant)."""
-        return type(linear) is nn.Linear and self._alpha() is not None
+        """Whether `linear_forward` can run `linear` with this Δh inside its bias: a plain nn.Linear (the
+        composition is always 'add', spec rule 'bias-composition'; dropout has nothing to drop: Δh is a
+        constant)."""
+        return type(linear) is nn.Linear
 
     def linear_forward(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """linear(x) + b as x·Wᵀ + (b_frozen + b): the GEMM starts from the bias (addmm) instead of a second
@@ -532,7 +533,7 @@ class BiasDelta(Delta):
         b = self.delta_bias
         if linear.bias is not None:
             b = linear.bias + b
-        return F.linear(x, linear.weight, b.to(x.dtype) if b.dtype != x.dtype else b)
+        return F.linear(x, linear.weight, b.to(x.dtype))
 
 
 class Prompt(Delta):
