@@ -4,6 +4,7 @@
     python bench/step_time.py                         # MiniLM-, BERT-base- and LLaMA-shaped tables
     python bench/step_time.py --json rows.json        # also write the rows as JSON; bare --json: to stdout
     python bench/step_time.py --anchor adapters       # the AdapterHub side (needs its own environment)
+    python bench/step_time.py --device cuda           # on a GPU, in bfloat16, peak GPU memory measured
 
 Everything is measured in ONE process, as ratios: every configuration of a model shape is built up
 front (they share the frozen backbone weights), warmed up, then timed in interleaved repetitions
@@ -21,6 +22,9 @@ Definitions (bench/README.md has the long form):
   backward (read from the graph after one forward; parameter storages excluded) + trainable
   parameters, their gradients and the optimizer state. `peak_memory_ratio` = that ÷ the floor's (the
   target); `extra_memory_ratio` leaves the frozen weights out of both (stricter: the "kept" column).
+  On CUDA the peak is measured instead: the configuration's own frozen weights, trainable
+  parameters and optimizer state + the most its step allocated above what was allocated before it
+  (`torch.cuda.max_memory_allocated`), i.e. its peak as if it were alone on the GPU.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -152,14 +156,14 @@ def shape_budget(shape: Shape, base: nn.Module, budget: str) -> tuple[str | int,
     return count, note
 
 
-def build_model(shape: Shape, seed: int = 0) -> nn.Module:
+def build_model(shape: Shape, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """Random weights from the shape's config, a 2-way classification head, SDPA attention, train mode."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     cfg = AutoConfig.for_model(shape.model_type, **shape.fields, num_labels=2)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="sdpa")
-    return model.float().train()
+    return model.to(device=device, dtype=dtype).train()
 
 
 def make_batch(shape: Shape, model: nn.Module, seed: int = 0) -> dict:
@@ -172,7 +176,9 @@ def make_batch(shape: Shape, model: nn.Module, seed: int = 0) -> dict:
     lengths[0] = T
     mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
     ids = ids.masked_fill(mask == 0, pad)
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 2, (B,), generator=g)}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 2, (B,), generator=g)}
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def shared_copy(model: nn.Module) -> nn.Module:
@@ -291,7 +297,23 @@ def measure_memory(case: Case) -> tuple[int, int]:
     for t in list(model.parameters()) + list(model.buffers()):
         if not t.requires_grad:
             frozen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    if next(model.parameters()).device.type == "cuda":  # measured: the state it keeps + what its step allocates
+        own = sum(frozen.values()) + state - sum(p.nbytes for p in trainable)  # no grads between steps here
+        return own + cuda_step_peak(case), extra
     return sum(frozen.values()) + extra, extra
+
+
+def cuda_step_peak(case: Case) -> int:
+    """Bytes one step allocates at its peak above what was allocated before it (every configuration of the
+    shape is resident on the GPU at once; this is the part that is this step's: activations, gradients,
+    temporaries), read from PyTorch's CUDA allocator."""
+    case.opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    case.step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
 
 
 # ---- builders ----------------------------------------------------------------------------------------
@@ -590,11 +612,14 @@ def _jiffies() -> tuple[int, int] | None:
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def timed(fn: Callable[[], None], steps: int) -> dict:
-    """Wall and process-CPU seconds per step, and the share of the machine other processes used meanwhile."""
+def timed(fn: Callable[[], None], steps: int, sync: Callable[[], None] = lambda: None) -> dict:
+    """Wall and process-CPU seconds per step, and the share of the machine other processes used meanwhile.
+    `sync` waits for queued device work (CUDA runs asynchronously): before the clock starts and stops."""
+    sync()
     j0, w0, c0 = _jiffies(), time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
+    sync()
     wall, cpu, j1 = time.perf_counter() - w0, time.process_time() - c0, _jiffies()
     others = 0.0
     if j0 is not None and j1 is not None:
@@ -634,7 +659,8 @@ def run_interleaved(cases: list[Case], args, deadline: float, log=None) -> None:
                     break  # a partial repetition: what it measured counts
                 if args.wait_quiet:
                     wait_quiet(args.wait_quiet)
-                c.samples.append(timed(c.step, args.steps * (3 if c.kind == "eval" else 1)))  # a forward ≈ 1/3 step
+                c.samples.append(timed(c.step, args.steps * (3 if c.kind == "eval" else 1),  # a forward ≈ 1/3 step
+                                       torch.cuda.synchronize if args.device == "cuda" else lambda: None))
             gc.collect()
             rep += 1
             n_clean = min(sum(s["others"] < CLEAN_SHARE for s in c.samples) for c in live) if live else 0
@@ -681,7 +707,8 @@ def rows_for(shape: Shape, cases: list[Case], args) -> list[dict]:
     for c in cases:
         if c.anchor_of:
             anchors.setdefault(c.anchor_of, []).append(c)
-    common = {"model": shape.name, "batch": f"{shape.batch}x{shape.seq}", "threads": args.threads, "clock": args.clock}
+    common = {"model": shape.name, "batch": f"{shape.batch}x{shape.seq}", "threads": args.threads, "clock": args.clock,
+              "device": args.device, "dtype": args.dtype}
     rows = []
     for c in cases:
         if c.is_anchor:
@@ -761,7 +788,10 @@ def _f(x, fmt="{:.3f}") -> str:
 def print_table(shape: Shape, rows: list[dict], console, notes: list[str]) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{shape.name}: {shape.note}; batch {shape.batch} x {shape.seq}", show_lines=False)
+    first = rows[0] if rows else {}
+    batch = first.get("batch", f"{shape.batch}x{shape.seq}").replace("x", " x ")
+    where = f"{first.get('device', 'cpu')}, {first.get('dtype', 'float32')}"  # rows of older runs: CPU float32
+    t = Table(title=f"{shape.name}: {shape.note}; batch {batch}; {where}", show_lines=False)
     for col, just in (("method", "left"), ("config", "left"), ("spec", "left"), ("Δh %", "right"),
                       ("s/step", "right"), ("clean", "right"), ("× floor", "right"), ("mem × floor", "right"),
                       ("kept × floor", "right"), ("anchor", "left"),
@@ -787,7 +817,7 @@ def print_table(shape: Shape, rows: list[dict], console, notes: list[str]) -> No
     console.print(t)
     ev = [r for r in rows if r["kind"] == "eval"]
     if ev:
-        e = Table(title=f"{shape.name}: evaluation forward (no_grad), batch {shape.batch} x {shape.seq}")
+        e = Table(title=f"{shape.name}: evaluation forward (no_grad), batch {batch}; {where}")
         for col in ("method", "spec", "s/forward", "clean", "× base", "target", "ok"):
             e.add_column(col)
         for r in ev:
@@ -817,12 +847,15 @@ def openmp_wait() -> str:
     return f"GOMP_SPINCOUNT={spin}" if spin else "OpenMP default"
 
 
-def environment(threads: int, malloc: str) -> dict:
+def environment(threads: int, malloc: str, device: str = "cpu", dtype: str = "float32") -> dict:
     import transformers
 
     env = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": platform.machine(), "cpus": os.cpu_count(),
            "threads": threads, "malloc": malloc, "openmp_wait": openmp_wait(), "python": platform.python_version(),
-           "torch": torch.__version__, "transformers": transformers.__version__}
+           "torch": torch.__version__, "transformers": transformers.__version__, "device": device, "dtype": dtype}
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
     for lib in ("peft", "adapters"):
         try:
             env[lib] = __import__(lib).__version__
@@ -855,7 +888,15 @@ def parse_args(argv=None):
                    help="wall: step time (the target); cpu: process CPU time, steadier on a shared machine with --threads 1")
     p.add_argument("--steps", type=int, default=1, help="steps per configuration per repetition")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps after the first (default 1; --quick 0)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the first GPU; steps are timed between torch.cuda.synchronize() calls and peak memory "
+                        "is the CUDA allocator's (see 'peak memory' above)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="weights and activations (default: float32 on cpu, bfloat16 on cuda); Δh parameters take "
+                        "the dtype of the weights they attach to, as they do for a model loaded in that dtype")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step for every shape (default: the shape's)")
+    p.add_argument("--seq", type=int, default=None, help="tokens per sequence for every shape (default: the shape's)")
     p.add_argument("--malloc", choices=("keep", "system"), default="keep",
                    help="keep: freed memory stays in the process for the next step, as `peftspace train` runs "
                         "(peftspace.keep_freed_memory); system: glibc's default, which unmaps it and page-faults it "
@@ -874,6 +915,13 @@ def parse_args(argv=None):
     for m in args.models:
         if m not in SHAPES:
             p.error(f"unknown model shape {m!r}; known: {', '.join(SHAPES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False; this torch is "
+                f"{torch.__version__}); run on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu")
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    for name in ("batch", "seq"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     args.methods = set((args.methods or ",".join(PRESET_ORDER + ("design",))).split(","))
     args.configs = set(args.configs.split(","))
     args.anchor = [] if args.anchor == "none" else args.anchor.split(",")
@@ -902,9 +950,11 @@ def _run(args, console, log, t_start: float) -> list[dict]:
     all_rows: list[dict] = []
     for name in args.models:
         shape = SHAPES[name]
+        if args.batch or args.seq:
+            shape = replace(shape, batch=args.batch or shape.batch, seq=args.seq or shape.seq)
         if log:
             log(f"{name}: building")
-        base = build_model(shape, args.seed)
+        base = build_model(shape, args.seed, args.device, getattr(torch, args.dtype))
         batch = make_batch(shape, base, args.seed)
         cases, notes = build_cases(shape, base, args)
         for c in cases:
@@ -994,7 +1044,7 @@ def main(argv=None) -> int:
             print_table(shape, mine, console, [f"median of {len(args.merge)} runs (processes); every run's ratios are "
                                                "in the JSON as ratio_runs"])
     else:
-        env = environment(args.threads, apply_malloc(args.malloc))
+        env = environment(args.threads, apply_malloc(args.malloc), args.device, args.dtype)
         console.print(f"[bold]peftspace step time[/] {json.dumps(env)}")
         t0 = time.perf_counter()
         rows = run(args, console, log, t_start=_T0)

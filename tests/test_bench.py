@@ -222,3 +222,44 @@ def test_bench_rows_carry_the_budget_they_were_solved_for(bench):
                     "--reps", "1", "--max-reps", "1", "--threads", "1", "--no-full", "--no-eval", "--json"])
     row = next(r for r in json.loads(out.getvalue()) if r["method"] == "lora")
     assert row["budget_params"] > 0 and abs(row["trainable_params"] - row["budget_params"]) < row["budget_params"] * 0.2
+
+
+def test_bf16_run_with_batch_override(bench):
+    """--dtype bfloat16 (the GPU table's dtype, run here on the CPU) and --batch/--seq: the model, its Δh and
+    the anchors run in bf16 at the given batch, and every row says so."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = bench.main(["--models", "tiny-llama", "--methods", "lora,prefix,pa", "--configs", "anchor", "--dtype",
+                         "bfloat16", "--batch", "2", "--seq", "12", "--reps", "1", "--max-reps", "1", "--threads", "1",
+                         "--no-full", "--json"])
+    assert rc == 0
+    rows = json.loads(out.getvalue())
+    assert {r["method"] for r in rows} >= {"floor", "lora", "prefix", "pa", "base", "lora (merged)"}
+    for r in rows:
+        assert (r["device"], r["dtype"], r["batch"]) == ("cpu", "bfloat16", "2x12"), r
+        assert r["error"] is None and all(a["error"] is None for a in r.get("anchors", [])), r
+        assert (r.get("ratio_to_floor") or r.get("ratio_to_base")) > 0
+    assert rows[0]["env"]["dtype"] == "bfloat16"
+
+
+def test_bf16_model_gets_bf16_deltas(bench):
+    import peftspace as ps
+
+    base = bench.build_model(bench.SHAPES["tiny"], dtype=torch.bfloat16)
+    case = bench.peftspace_case(base, "k", "mam", "anchor", "mam:l=4,r=2")
+    dtypes = {p.dtype for _, p in ps.delta_named_parameters(case.model)}
+    assert dtypes == {torch.bfloat16}
+    bench.prepare(case, bench.make_batch(bench.SHAPES["tiny"], case.model))
+    case.step()  # a bf16 training step: forward, backward, fused AdamW
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for _, p in ps.delta_named_parameters(case.model))
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(bench, capsys):
+    if torch.cuda.is_available():  # pragma: no cover - a GPU machine
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(["--device", "cuda"])
+    assert exc.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--batch", "0"])
