@@ -999,7 +999,9 @@ def merge_runs(paths: list[str]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for p in paths:
         for r in json.loads(Path(p).read_text(encoding="utf-8")):
-            groups.setdefault((r["model"], r["kind"], r["method"], r["config"]), []).append(r)
+            key = (r["model"], r.get("device", "cpu"), r.get("dtype", "float32"), r["batch"], r["kind"], r["method"],
+                   r["config"])  # rows of older runs have no device/dtype: CPU, float32
+            groups.setdefault(key, []).append(r)
     med = lambda v: statistics.median(v) if v else None  # noqa: E731
     out = []
     for rs in groups.values():
@@ -1038,8 +1040,10 @@ def main(argv=None) -> int:
                 return 0
     if args.merge:
         rows = merge_runs(args.merge)
-        for model in dict.fromkeys(r["model"] for r in rows):
-            mine = [r for r in rows if r["model"] == model]
+        where = lambda r: (r["model"], r.get("device", "cpu"), r.get("dtype", "float32"), r["batch"])  # noqa: E731
+        for table in dict.fromkeys(map(where, rows)):
+            model = table[0]
+            mine = [r for r in rows if where(r) == table]
             shape = SHAPES.get(model) or Shape(model, "?", {}, *map(int, mine[0]["batch"].split("x")), model)
             print_table(shape, mine, console, [f"median of {len(args.merge)} runs (processes); every run's ratios are "
                                                "in the JSON as ratio_runs"])

@@ -184,6 +184,23 @@ def test_merge_takes_medians_over_runs(rows, bench, tmp_path):
             assert len(m["ratio_runs"]) == 3
 
 
+def test_merge_keeps_devices_and_dtypes_apart(rows, bench, tmp_path):
+    """A GPU/bf16 run is never averaged into a CPU table; rows written before `device` existed count as CPU fp32."""
+    old = [{k: v for k, v in r.items() if k not in ("device", "dtype")} for r in rows]
+    gpu = [{**r, "device": "cuda", "dtype": "bfloat16", **({"ratio_to_floor": 3.0} if r.get("ratio_to_floor") else {})}
+           for r in rows]
+    paths = []
+    for name, rs in (("cpu", rows), ("old", old), ("gpu", gpu)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(rs))
+    merged = bench.merge_runs([str(p) for p in paths])
+    assert len(merged) == 2 * len(rows)
+    for m in merged:
+        assert m["runs"] == (1 if m.get("device") == "cuda" else 2)
+        if m.get("device") == "cuda" and m.get("ratio_to_floor"):
+            assert m["ratio_to_floor"] == 3.0
+
+
 def test_bench_records_how_openmp_threads_wait(bench, monkeypatch):
     """env.openmp_wait: what the process's environment told OpenMP (the script sets the CLI's spin count)."""
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
