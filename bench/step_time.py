@@ -891,7 +891,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the first GPU; steps are timed between torch.cuda.synchronize() calls and peak memory "
-                        "is the CUDA allocator's (see 'peak memory' above)")
+                        "is the CUDA allocator's (see 'peak memory' below)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="weights and activations (default: float32 on cpu, bfloat16 on cuda); Δh parameters take "
                         "the dtype of the weights they attach to, as they do for a model loaded in that dtype")
@@ -922,6 +922,10 @@ def parse_args(argv=None):
     for name in ("batch", "seq"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    for m in args.models if args.seq else ():
+        limit = SHAPES[m].fields.get("max_position_embeddings")
+        if limit is not None and args.seq > limit:
+            p.error(f"--seq {args.seq}: the {m} shape has {limit} positions; use --seq {limit} or less")
     args.methods = set((args.methods or ",".join(PRESET_ORDER + ("design",))).split(","))
     args.configs = set(args.configs.split(","))
     args.anchor = [] if args.anchor == "none" else args.anchor.split(",")

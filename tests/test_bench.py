@@ -280,3 +280,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(bench, capsys):
     assert "no CUDA device" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.parse_args(["--batch", "0"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "tiny", "--seq", "129"])  # 128 positions
+    assert "128 positions" in capsys.readouterr().err
+    assert bench.parse_args(["--models", "tiny", "--seq", "128"]).seq == 128
