@@ -288,18 +288,15 @@ def measure_memory(case: Case) -> tuple[int, int]:
     saved = saved_storages(loss.grad_fn, param_ptrs)
     loss.backward()
     case.opt.zero_grad(set_to_none=True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    state = sum(p.nbytes for p in trainable) * 2  # parameters + gradients
-    for st in case.opt.state.values():
-        state += sum(v.nbytes for v in st.values() if isinstance(v, torch.Tensor))
-    extra = sum(saved.values()) + state
+    params = sum(p.nbytes for p in model.parameters() if p.requires_grad)
+    opt_state = sum(v.nbytes for st in case.opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    extra = sum(saved.values()) + 2 * params + opt_state  # kept activations, parameters + gradients, moments
     frozen: dict[int, int] = {}
     for t in list(model.parameters()) + list(model.buffers()):
         if not t.requires_grad:
             frozen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    if next(model.parameters()).device.type == "cuda":  # measured: the state it keeps + what its step allocates
-        own = sum(frozen.values()) + state - sum(p.nbytes for p in trainable)  # no grads between steps here
-        return own + cuda_step_peak(case), extra
+    if next(model.parameters()).device.type == "cuda":  # measured: what it keeps between steps + its step's peak
+        return sum(frozen.values()) + params + opt_state + cuda_step_peak(case), extra
     return sum(frozen.values()) + extra, extra
 
 
@@ -646,6 +643,7 @@ def run_interleaved(cases: list[Case], args, deadline: float, log=None) -> None:
                 log(f"  {c.key}: {c.error}")
     live = [c for c in live if c.error is None]
     rng = random.Random(args.seed)
+    sync = torch.cuda.synchronize if args.device == "cuda" else lambda: None
     gc.collect()
     gc.disable()
     try:
@@ -659,8 +657,7 @@ def run_interleaved(cases: list[Case], args, deadline: float, log=None) -> None:
                     break  # a partial repetition: what it measured counts
                 if args.wait_quiet:
                     wait_quiet(args.wait_quiet)
-                c.samples.append(timed(c.step, args.steps * (3 if c.kind == "eval" else 1),  # a forward ≈ 1/3 step
-                                       torch.cuda.synchronize if args.device == "cuda" else lambda: None))
+                c.samples.append(timed(c.step, args.steps * (3 if c.kind == "eval" else 1), sync))  # forward ≈ 1/3 step
             gc.collect()
             rep += 1
             n_clean = min(sum(s["others"] < CLEAN_SHARE for s in c.samples) for c in live) if live else 0
@@ -997,15 +994,19 @@ def profile(cases: list[Case], keys: list[str], console) -> None:
             console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
+def table_key(row: dict) -> tuple:
+    """Which table a row belongs to: model shape, device, dtype, batch (rows of older runs have no device or
+    dtype: they ran on the CPU in float32)."""
+    return row["model"], row.get("device", "cpu"), row.get("dtype", "float32"), row["batch"]
+
+
 def merge_runs(paths: list[str]) -> list[dict]:
     """Rows of several runs (separate processes: each has its own allocator and memory layout, which moves a
     row by a few percent) merged into one: median ratios and seconds, the per-run ratios kept."""
     groups: dict[tuple, list[dict]] = {}
     for p in paths:
         for r in json.loads(Path(p).read_text(encoding="utf-8")):
-            key = (r["model"], r.get("device", "cpu"), r.get("dtype", "float32"), r["batch"], r["kind"], r["method"],
-                   r["config"])  # rows of older runs have no device/dtype: CPU, float32
-            groups.setdefault(key, []).append(r)
+            groups.setdefault(table_key(r) + (r["kind"], r["method"], r["config"]), []).append(r)
     med = lambda v: statistics.median(v) if v else None  # noqa: E731
     out = []
     for rs in groups.values():
@@ -1044,10 +1045,9 @@ def main(argv=None) -> int:
                 return 0
     if args.merge:
         rows = merge_runs(args.merge)
-        where = lambda r: (r["model"], r.get("device", "cpu"), r.get("dtype", "float32"), r["batch"])  # noqa: E731
-        for table in dict.fromkeys(map(where, rows)):
+        for table in dict.fromkeys(map(table_key, rows)):
             model = table[0]
-            mine = [r for r in rows if where(r) == table]
+            mine = [r for r in rows if table_key(r) == table]
             shape = SHAPES.get(model) or Shape(model, "?", {}, *map(int, mine[0]["batch"].split("x")), model)
             print_table(shape, mine, console, [f"median of {len(args.merge)} runs (processes); every run's ratios are "
                                                "in the JSON as ratio_runs"])
