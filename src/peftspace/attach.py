@@ -390,7 +390,7 @@ def _install_prompt(model, arch: Arch, stack: nn.Module, delta: Prompt, st: _Sta
                 a.update(val)
             else:
                 a[name] = val
-        past = a.get("past_key_values")
+        past = a.get("cache", a.get("past_key_values"))  # transformers >= 5.24 calls it `cache`
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
         mask = a.get("attention_mask")
         if past_len == 0:
