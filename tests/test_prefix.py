@@ -119,3 +119,42 @@ def test_prefix_reparameterisation_is_training_only():
     ps.merge(model)  # materialise: P = MLP(E); the MLP is dropped
     assert sum(p.numel() for _, p in ps.delta_named_parameters(model)) == plan.trainable_params
     torch.testing.assert_close(logits(model, kw), before, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["tiny-bert", "tiny-llama", "tiny-gpt2"])
+def test_evaluation_caches_follow_parameters_and_masks(family):
+    """Without autograd the prefix key/value blocks are kept on the attention module and the extended mask
+    is made once a forward: every change of a prefix (in place, by `.data`, by load_state_dict) or of the
+    mask (another tensor, or the same one written in place) must show in the next forward, which equals
+    the uncached computation (a forward with autograd on)."""
+    model = tiny(family)
+    ps.attach(model, ps.plan(model, "prefix:l=5"))
+    prefixes = [m for m in model.modules() if isinstance(m, Prefix)]
+
+    def uncached(kw):
+        return model(**kw).logits.detach()
+
+    kw = batch(model, pad=True)
+    first = logits(model, kw)
+    torch.testing.assert_close(first, uncached(kw), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        prefixes[0].prefix_k.mul_(3.0)  # in place: the version changes
+    second = logits(model, kw)
+    assert not torch.allclose(second, first)
+    torch.testing.assert_close(second, uncached(kw), rtol=0, atol=1e-6)
+    prefixes[-1].prefix_v.data = prefixes[-1].prefix_v.data * -2.0  # a new storage, no version bump
+    third = logits(model, kw)
+    assert not torch.allclose(third, second)
+    torch.testing.assert_close(third, uncached(kw), rtol=0, atol=1e-6)
+    model.load_state_dict({n: p + 0.5 for n, p in model.state_dict().items() if "prefix_k" in n}, strict=False)
+    torch.testing.assert_close(logits(model, kw), uncached(kw), rtol=0, atol=1e-6)
+    other = batch(model, seed=1, pad=True)  # another mask tensor
+    other["attention_mask"][0, -3:] = 0
+    torch.testing.assert_close(logits(model, other), uncached(other), rtol=0, atol=1e-6)
+    before = logits(model, kw)
+    kw["attention_mask"][0, -1] = 0  # the same tensor, written in place
+    after = logits(model, kw)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, uncached(kw), rtol=0, atol=1e-6)
+    ps.detach(model)
+    assert not any("_peftspace_prefix_blocks" in vars(m) for m in model.modules())

@@ -66,16 +66,18 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
     base: Callable = module._peftspace_base_attn
     heads: list[Delta] = module._peftspace_heads
     gated = [d for d in heads if isinstance(d, Prefix) and d.composition == "gate"]
+    path = _cpu_path(module, query, kw) if gated else None
     if gated:
-        key, value, attention_mask, kw = _extend_with_prefixes(module, gated, query, key, value, attention_mask, kw)
-    path = _cpu_path(module, query, key, kw) if gated else None
+        key, value, attention_mask, kw = _extend_with_prefixes(module, gated, query, key, value, attention_mask, kw,
+                                                               additive=path == "sdpa")
     causal = bool(kw.get("is_causal", getattr(module, "is_causal", False))) and query.shape[2] > 1
     if path == "lean":  # training with dropout: keep less for backward (lean_attention)
         out, weights = lean_attention.attention(query, key, value, attention_mask, kw["dropout"], kw.get("scaling"),
                                                 causal), None
-    elif path == "gqa":  # grouped-query heads read their key/value head in place (transformers copies them)
+    elif path == "sdpa":  # grouped-query heads read their key/value head in place (transformers copies them)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=kw.get("scaling"),
-                                             is_causal=causal and attention_mask is None, enable_gqa=True)
+                                             is_causal=causal and attention_mask is None,
+                                             enable_gqa=key.shape[1] != query.shape[1])
         out, weights = out.transpose(1, 2).contiguous(), None
     else:
         out, weights = base(module, query, key, value, attention_mask, **kw)  # out: (B, T, H, D)
@@ -93,29 +95,71 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
     return out, weights
 
 
-def _cpu_path(module, query, key, kw) -> str | None:
+def _cpu_path(module, query, kw) -> str | None:
     """Where a prefix layer of an SDPA model on CPU does better than transformers' SDPA call (which is right
     for GPUs): with dropout, SDPA has no fused CPU kernel and its math path keeps three (B, H, T, S) float
-    tensors: "lean" (lean_attention) keeps the softmax output and a bool mask. With grouped-query heads and
-    a mask, transformers repeats K and V to every query head (CUDA's kernels want that): on CPU, SDPA's
-    flash kernel reads them in place ("gqa"): the same output, K and V kept at their own head count (the
-    prefix makes them longer). Anything else (T5's position bias, soft-capping, sinks) goes to the model's
-    own function."""
+    tensors: "lean" (lean_attention) keeps the softmax output and a bool mask. Without dropout, "sdpa": SDPA
+    called here, with grouped-query heads reading their key/value head in place (`enable_gqa`; transformers
+    repeats K and V to every query head when there is a mask, as CUDA's kernels want; the prefix makes
+    them longer), and without the wrapper's Python for the others (the same kernel and arguments). Anything
+    else (T5's position bias, soft-capping, sinks, paged caches) goes to the model's own function."""
     if (query.device.type != "cpu" or not module.__dict__.get("_peftspace_sdpa") or kw.get("output_attentions")
             or any(kw.get(k) is not None for k in ("position_bias", "softcap", "s_aux", "cache"))):
         return None
-    if kw.get("dropout"):
-        return "lean"
-    return "gqa" if key.shape[1] != query.shape[1] else None
+    return "lean" if kw.get("dropout") else "sdpa"
 
 
-def _extend_with_prefixes(module, gated, query, key, value, mask, kw):
-    """Eq. 5: head_i = Attn(x·W_q, [P_k; C·W_k], [P_v; C·W_v]); the prefix columns are always visible."""
-    B, T, S = query.shape[0], query.shape[2], key.shape[2]
+def _prefix_blocks(module, gated: list[Prefix], pad: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values that go before the context, (1, Hkv, L + pad, D) each: the prefixes of `gated`
+    side by side and `pad` zero rows. Without autograd (evaluation) they are kept on the module until a
+    prefix parameter changes (its storage or version), so a forward concatenates only the context."""
+    cacheable = not torch.is_grad_enabled()
+    if cacheable:
+        stamp = (pad, dtype, tuple((p.data_ptr(), p._version) for d in gated for p in d.parameters()))
+        hit = module.__dict__.get("_peftspace_prefix_blocks")
+        if hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
     pks, pvs = zip(*(d.prefixes() for d in gated))
-    pk = (pks[0] if len(pks) == 1 else torch.cat(pks, dim=1)).to(key.dtype)  # (Hkv, L, D); one prefix: no copy
-    pv = (pvs[0] if len(pvs) == 1 else torch.cat(pvs, dim=1)).to(value.dtype)
-    L = pk.shape[1]
+    blocks = []
+    for ps_ in (pks, pvs):
+        parts = [p.to(dtype) for p in ps_]
+        if pad:
+            parts.append(parts[0].new_zeros(parts[0].shape[0], pad, parts[0].shape[2]))
+        blocks.append((parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)).unsqueeze(0))
+    if cacheable:
+        module.__dict__["_peftspace_prefix_blocks"] = (stamp, blocks[0], blocks[1])
+    return blocks[0], blocks[1]
+
+
+_LAST_MASK: list = [None]  # (source mask or None, its version, the rest of the key, extended mask): one slot
+
+
+def _extended_mask(src, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """build(), or the tensor the previous call with the same `src` (at the same version) and `key` built:
+    every layer of a forward gets the same mask, so it is extended once a forward, not once a layer. The
+    slot holds `src` itself, so its identity cannot be taken by a new tensor while cached; the tuple is
+    read once, so threads sharing the slot can only miss, never read another call's mask."""
+    version = src._version if src is not None else None
+    hit = _LAST_MASK[0]
+    if hit is not None and hit[0] is src and hit[1] == version and hit[2] == key:
+        return hit[3]
+    out = build()
+    _LAST_MASK[0] = (src, version, key, out)
+    return out
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask as SDPA converts it (0 / -inf): the same kernel input, so the same output bit for bit."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _extend_with_prefixes(module, gated, query, key, value, mask, kw, additive: bool = False):
+    """Eq. 5: head_i = Attn(x·W_q, [P_k; C·W_k], [P_v; C·W_v]); the prefix columns are always visible.
+
+    `additive`: return the mask as SDPA's own conversion of a bool mask would make it (0 where allowed,
+    -inf elsewhere, the query's dtype): made once a forward here instead of once a layer inside SDPA."""
+    B, T, S = query.shape[0], query.shape[2], key.shape[2]
+    L = sum(d.l for d in gated)
     # PyTorch's CPU flash-attention kernel (SDPA without dropout) is much slower when the number of keys is
     # not a multiple of 16 (94 keys: ~20% slower than 96). Round L+S up with zero keys/values that the mask
     # hides: exp(-inf) = 0 in every softmax, so the output is that of the unpadded attention.
@@ -123,39 +167,46 @@ def _extend_with_prefixes(module, gated, query, key, value, mask, kw):
     if (module.__dict__.get("_peftspace_sdpa") and query.device.type == "cpu" and not kw.get("dropout")
             and kw.get("position_bias") is None):
         pad = -(L + S) % 16
-    kb = [pk.unsqueeze(0).expand(B, -1, -1, -1)]
-    vb = [pv.unsqueeze(0).expand(B, -1, -1, -1)]
-    if pad:
-        kb.append(key.new_zeros(B, key.shape[1], pad, key.shape[3]))
-        vb.append(value.new_zeros(B, value.shape[1], pad, value.shape[3]))
-    key = torch.cat(kb + [key], dim=2)  # (B, Hkv, L+pad+S, D)
-    value = torch.cat(vb + [value], dim=2)
+    pk, pv = _prefix_blocks(module, gated, pad, key.dtype)  # (1, Hkv, L+pad, D): expanded, not copied
+    key = torch.cat([pk.expand(B, -1, -1, -1), key], dim=2)  # (B, Hkv, L+pad+S, D)
+    value = torch.cat([pv.expand(B, -1, -1, -1), value], dim=2)
     kw = dict(kw)
     if mask is not None:
         if not isinstance(mask, torch.Tensor):
             raise SpecError("prefix tuning needs a tensor attention mask; this attention implementation "
                             f"({type(mask).__name__}) is not supported: load the model with attn_implementation='sdpa' or 'eager'")
-        is_bool = mask.dtype == torch.bool
-        mask = F.pad(mask, (L + pad, 0), value=True if is_bool else 0.0)
-        if pad:
-            mask[..., L:L + pad] = False if is_bool else torch.finfo(mask.dtype).min
+
+        def padded() -> torch.Tensor:
+            is_bool = mask.dtype == torch.bool
+            out = F.pad(mask, (L + pad, 0), value=True if is_bool else 0.0)
+            if pad:
+                out[..., L:L + pad] = False if is_bool else torch.finfo(mask.dtype).min
+            return _additive(out, query.dtype) if additive and is_bool else out
+
+        mask = _extended_mask(mask, (L, pad, additive), padded)
     else:
         causal = kw.get("is_causal")
         causal = getattr(module, "is_causal", False) if causal is None else causal
         causal = causal and T > 1
         if causal or pad:  # spell the mask out: prefixes visible to all, padding to none, causal over the context
-            dev = query.device
-            ctx = torch.ones(T, S, dtype=torch.bool, device=dev)
-            if causal:  # the model relied on is_causal
-                ctx = torch.arange(S, device=dev)[None, :] <= torch.arange(T, device=dev)[:, None] + (S - T)
+            dev, is_bool = query.device, module._peftspace_mask_is_bool
+
+            def spelled() -> torch.Tensor:
+                ctx = torch.ones(T, S, dtype=torch.bool, device=dev)
+                if causal:  # the model relied on is_causal
+                    ctx = torch.arange(S, device=dev)[None, :] <= torch.arange(T, device=dev)[:, None] + (S - T)
+                allowed = torch.cat([torch.ones(T, L, dtype=torch.bool, device=dev),
+                                     torch.zeros(T, pad, dtype=torch.bool, device=dev), ctx], dim=1)
+                if additive:
+                    return _additive(allowed, query.dtype)[None, None]
+                if is_bool:
+                    return allowed[None, None]
+                spelled_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=dev)
+                return spelled_mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
+
+            mask = _extended_mask(None, (T, S, L, pad, bool(causal), is_bool, additive, query.dtype, dev), spelled)
+            if causal:
                 kw["is_causal"] = False
-            allowed = torch.cat([torch.ones(T, L, dtype=torch.bool, device=dev),
-                                 torch.zeros(T, pad, dtype=torch.bool, device=dev), ctx], dim=1)
-            if module._peftspace_mask_is_bool:
-                mask = allowed[None, None]
-            else:
-                mask = torch.zeros(allowed.shape, dtype=query.dtype, device=dev)
-                mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
     pb = kw.get("position_bias")
     if pb is not None:  # T5: relative position bias has no entry for prefixes; they get bias 0 (adapters #669)
         kw["position_bias"] = F.pad(pb, (L, 0), value=0.0)
@@ -478,7 +529,8 @@ def detach(model: nn.Module) -> nn.Module:
         vars(linear).pop("forward", None)
     for attn, original in st.patched_attn:
         attn.config = original
-        for k in ("_peftspace_heads", "_peftspace_base_attn", "_peftspace_mask_is_bool", "_peftspace_sdpa"):
+        for k in ("_peftspace_heads", "_peftspace_base_attn", "_peftspace_mask_is_bool", "_peftspace_sdpa",
+                  "_peftspace_prefix_blocks"):
             attn.__dict__.pop(k, None)
     for owner, name in st.containers:
         if hasattr(owner, name):
