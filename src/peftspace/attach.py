@@ -131,20 +131,27 @@ def _prefix_blocks(module, gated: list[Prefix], pad: int, dtype) -> tuple[torch.
     return blocks[0], blocks[1]
 
 
-_LAST_MASK: list = [None]  # (source mask or None, its version, the rest of the key, extended mask): one slot
+_SPELLED: list = [None]  # (key, mask) of the last mask spelled out without a source mask: one slot
 
 
-def _extended_mask(src, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """build(), or the tensor the previous call with the same `src` (at the same version) and `key` built:
-    every layer of a forward gets the same mask, so it is extended once a forward, not once a layer. The
-    slot holds `src` itself, so its identity cannot be taken by a new tensor while cached; the tuple is
-    read once, so threads sharing the slot can only miss, never read another call's mask."""
-    version = src._version if src is not None else None
-    hit = _LAST_MASK[0]
-    if hit is not None and hit[0] is src and hit[1] == version and hit[2] == key:
-        return hit[3]
+def _extended_mask(src: torch.Tensor | None, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """build(), or what an earlier call with the same `src` (at the same version) and `key` built: every
+    layer of a forward gets the same mask, so it is extended once a forward, not once a layer. The result
+    hangs on `src` itself (an attribute of that tensor), so it lives exactly as long as the mask it was
+    made from (freed with it after the forward) and threads never share it. Without a source (a mask
+    spelled out for prefixes, padding keys or causality) it has no batch dimension and one slot keeps it."""
+    if src is None:
+        hit = _SPELLED[0]  # read once: a thread can only miss, never read another call's mask
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        out = build()
+        _SPELLED[0] = (key, out)
+        return out
+    hit = src.__dict__.get("_peftspace_extended")
+    if hit is not None and hit[0] == (src._version, key):
+        return hit[1]
     out = build()
-    _LAST_MASK[0] = (src, version, key, out)
+    src.__dict__["_peftspace_extended"] = ((src._version, key), out)
     return out
 
 
@@ -183,7 +190,7 @@ def _extend_with_prefixes(module, gated, query, key, value, mask, kw, additive: 
                 out[..., L:L + pad] = False if is_bool else torch.finfo(mask.dtype).min
             return _additive(out, query.dtype) if additive and is_bool else out
 
-        mask = _extended_mask(mask, (L, pad, additive), padded)
+        mask = _extended_mask(mask, (L, pad, additive, query.dtype), padded)
     else:
         causal = kw.get("is_causal")
         causal = getattr(module, "is_causal", False) if causal is None else causal
