@@ -125,8 +125,9 @@ def test_prefix_reparameterisation_is_training_only():
 def test_evaluation_caches_follow_parameters_and_masks(family):
     """Without autograd the prefix key/value blocks are kept on the attention module and the extended mask
     is made once a forward: every change of a prefix (in place, by `.data`, by load_state_dict) or of the
-    mask (another tensor, or the same one written in place) must show in the next forward, which equals
-    the uncached computation (a forward with autograd on)."""
+    input mask must show in the next forward, which equals the computation without the block cache (a
+    forward with autograd on). (The models build a new 4D mask from the input mask every forward; the
+    mask cache's own identity and version checks are tested on `_extended_mask` below.)"""
     model = tiny(family)
     ps.attach(model, ps.plan(model, "prefix:l=5"))
     prefixes = [m for m in model.modules() if isinstance(m, Prefix)]
@@ -158,3 +159,28 @@ def test_evaluation_caches_follow_parameters_and_masks(family):
     torch.testing.assert_close(after, uncached(kw), rtol=0, atol=1e-6)
     ps.detach(model)
     assert not any("_peftspace_prefix_blocks" in vars(m) for m in model.modules())
+
+
+def test_extended_mask_is_rebuilt_for_another_tensor_or_an_in_place_write():
+    """The mask cache keys on the source tensor itself and its version: the same tensor unchanged is a hit,
+    a write into it or another tensor with equal contents is a miss; without a source, the key decides."""
+    import sys
+
+    mod = sys.modules["peftspace.attach"]
+    calls = []
+
+    def build(m):
+        return lambda: calls.append(1) or m.clone()
+
+    src = torch.ones(2, 1, 3, 3, dtype=torch.bool)
+    first = mod._extended_mask(src, (5, 0), build(src))
+    assert mod._extended_mask(src, (5, 0), build(src)) is first and len(calls) == 1
+    assert mod._extended_mask(src, (6, 0), build(src)) is not first and len(calls) == 2  # another key
+    src[0, 0, 0, 0] = False  # in place: the version changes
+    rebuilt = mod._extended_mask(src, (6, 0), build(src))
+    assert len(calls) == 3 and not rebuilt[0, 0, 0, 0]
+    twin = src.clone()  # equal contents, another tensor
+    assert mod._extended_mask(twin, (6, 0), build(twin)) is not rebuilt and len(calls) == 4
+    spelled = mod._extended_mask(None, ("T", 3), build(src))
+    assert mod._extended_mask(None, ("T", 3), build(src)) is spelled and len(calls) == 5
+    assert mod._extended_mask(None, ("T", 4), build(src)) is not spelled and len(calls) == 6

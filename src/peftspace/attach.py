@@ -74,7 +74,7 @@ def _peftspace_attention(module: nn.Module, query, key, value, attention_mask, *
     if path == "lean":  # training with dropout: keep less for backward (lean_attention)
         out, weights = lean_attention.attention(query, key, value, attention_mask, kw["dropout"], kw.get("scaling"),
                                                 causal), None
-    elif path == "sdpa":  # grouped-query heads read their key/value head in place (transformers copies them)
+    elif path == "sdpa":  # SDPA itself; grouped-query heads read their key/value head in place (see _cpu_path)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=kw.get("scaling"),
                                              is_causal=causal and attention_mask is None,
                                              enable_gqa=key.shape[1] != query.shape[1])
@@ -155,9 +155,10 @@ def _extended_mask(src: torch.Tensor | None, key: tuple, build: Callable[[], tor
     return out
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A bool mask as SDPA converts it (0 / -inf): the same kernel input, so the same output bit for bit."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+def _additive(allowed: torch.Tensor, dtype: torch.dtype, fill: float = float("-inf")) -> torch.Tensor:
+    """A bool mask as an additive one: 0 where allowed, `fill` elsewhere. With -inf it is what SDPA converts a
+    bool mask to (the same kernel input, so the same output bit for bit); eager models use finfo.min."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, fill)
 
 
 def _extend_with_prefixes(module, gated, query, key, value, mask, kw, additive: bool = False):
@@ -204,12 +205,10 @@ def _extend_with_prefixes(module, gated, query, key, value, mask, kw, additive: 
                     ctx = torch.arange(S, device=dev)[None, :] <= torch.arange(T, device=dev)[:, None] + (S - T)
                 allowed = torch.cat([torch.ones(T, L, dtype=torch.bool, device=dev),
                                      torch.zeros(T, pad, dtype=torch.bool, device=dev), ctx], dim=1)
-                if additive:
-                    return _additive(allowed, query.dtype)[None, None]
-                if is_bool:
+                if is_bool and not additive:
                     return allowed[None, None]
-                spelled_mask = torch.zeros(allowed.shape, dtype=query.dtype, device=dev)
-                return spelled_mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
+                fill = float("-inf") if additive else torch.finfo(query.dtype).min
+                return _additive(allowed, query.dtype, fill)[None, None]
 
             mask = _extended_mask(None, (T, S, L, pad, bool(causal), is_bool, additive, query.dtype, dev), spelled)
             if causal:
