@@ -1000,9 +1000,18 @@ def table_key(row: dict) -> tuple:
     return row["model"], row.get("device", "cpu"), row.get("dtype", "float32"), row["batch"]
 
 
+def _runs_of(r: dict, key: str) -> list[float]:
+    """The per-run values behind a row's `key`: its `ratio_runs` when the row is itself a merge of runs (so a
+    merged file counts as the runs it was made of, not as one), else the one value."""
+    if r.get("ratio_runs") is not None:
+        return list(r["ratio_runs"])
+    return [r[key]] if r.get(key) is not None else []
+
+
 def merge_runs(paths: list[str]) -> list[dict]:
     """Rows of several runs (separate processes: each has its own allocator and memory layout, which moves a
-    row by a few percent) merged into one: median ratios and seconds, the per-run ratios kept."""
+    row by a few percent) merged into one: median ratios and seconds, the per-run ratios kept. A file that is
+    itself a merge contributes each of its runs (`ratio_runs`), so more runs can be added to a merged table."""
     groups: dict[tuple, list[dict]] = {}
     for p in paths:
         for r in json.loads(Path(p).read_text(encoding="utf-8")):
@@ -1012,16 +1021,16 @@ def merge_runs(paths: list[str]) -> list[dict]:
     for rs in groups.values():
         row = dict(rs[0])
         key = "ratio_to_base" if row["kind"] == "eval" else "ratio_to_floor"
-        vals = [r[key] for r in rs if r.get(key) is not None]
-        row[key], row["ratio_runs"], row["runs"] = med(vals), vals, len(rs)
+        vals = [v for r in rs for v in _runs_of(r, key)]
+        row[key], row["ratio_runs"], row["runs"] = med(vals), vals, sum(r.get("runs") or 1 for r in rs)
         row["seconds_per_step"] = med([r["seconds_per_step"] for r in rs if r.get("seconds_per_step")])
         row["samples"] = sum(r.get("samples") or 0 for r in rs)
         row["clean_samples"] = sum(r.get("clean_samples") or 0 for r in rs)
         if row.get("anchors"):
             anchors = []
             for i, a in enumerate(row["anchors"]):
-                av = [r["anchors"][i]["ratio_to_floor"] for r in rs
-                      if len(r.get("anchors") or []) > i and r["anchors"][i]["ratio_to_floor"] is not None]
+                av = [v for r in rs if len(r.get("anchors") or []) > i
+                      for v in _runs_of(r["anchors"][i], "ratio_to_floor")]
                 anchors.append({**a, "ratio_to_floor": med(av), "ratio_runs": av})
             row["anchors"], row["anchor_ratio_to_floor"] = anchors, anchors[0]["ratio_to_floor"]
         row["meets_target"] = _meets(row)
@@ -1049,7 +1058,8 @@ def main(argv=None) -> int:
             model = table[0]
             mine = [r for r in rows if table_key(r) == table]
             shape = SHAPES.get(model) or Shape(model, "?", {}, *map(int, mine[0]["batch"].split("x")), model)
-            print_table(shape, mine, console, [f"median of {len(args.merge)} runs (processes); every run's ratios are "
+            runs = max(r.get("runs") or 1 for r in mine)
+            print_table(shape, mine, console, [f"median of {runs} runs (processes); every run's ratios are "
                                                "in the JSON as ratio_runs"])
     else:
         env = environment(args.threads, apply_malloc(args.malloc), args.device, args.dtype)

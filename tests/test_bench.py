@@ -184,6 +184,38 @@ def test_merge_takes_medians_over_runs(rows, bench, tmp_path):
             assert len(m["ratio_runs"]) == 3
 
 
+def test_a_merged_file_counts_as_its_runs(rows, bench, tmp_path):
+    """Merging a merge with more runs pools every run (median of all of them), not the merge as one run."""
+    paths = []
+    for i, f in enumerate((1.0, 1.2, 1.4, 2.0)):
+        rs = json.loads(json.dumps(rows))
+        for r in rs:
+            if r.get("ratio_to_floor"):
+                r["ratio_to_floor"] *= f
+            for a in r.get("anchors") or []:
+                if a.get("ratio_to_floor"):
+                    a["ratio_to_floor"] *= f
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(rs))
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(bench.merge_runs([str(p) for p in paths[:3]])))  # runs ×1, ×1.2, ×1.4
+    pooled = bench.merge_runs([str(first), str(paths[3])])  # + a run ×2.0: median of 4 = ×1.3, not of (1.2, 2.0)
+    by = {(r["kind"], r["method"], r["config"]): r for r in pooled}
+    judged = 0
+    for r in rows:
+        m = by[(r["kind"], r["method"], r["config"])]
+        assert m["runs"] == 4
+        if r.get("ratio_to_floor"):
+            assert m["ratio_to_floor"] == pytest.approx(1.3 * r["ratio_to_floor"])
+            assert sorted(m["ratio_runs"]) == pytest.approx([f * r["ratio_to_floor"] for f in (1.0, 1.2, 1.4, 2.0)])
+            judged += 1
+        for a, ma in zip(r.get("anchors") or [], m.get("anchors") or []):
+            if a.get("ratio_to_floor"):
+                assert ma["ratio_to_floor"] == pytest.approx(1.3 * a["ratio_to_floor"])
+                assert len(ma["ratio_runs"]) == 4
+    assert judged
+
+
 def test_merge_keeps_devices_and_dtypes_apart(rows, bench, tmp_path):
     """A GPU/bf16 run is never averaged into a CPU table; rows written before `device` existed count as CPU fp32."""
     old = [{k: v for k, v in r.items() if k not in ("device", "dtype")} for r in rows]
