@@ -201,7 +201,7 @@ def test_a_merged_file_counts_as_its_runs(rows, bench, tmp_path):
     first.write_text(json.dumps(bench.merge_runs([str(p) for p in paths[:3]])))  # runs ×1, ×1.2, ×1.4
     pooled = bench.merge_runs([str(first), str(paths[3])])  # + a run ×2.0: median of 4 = ×1.3, not of (1.2, 2.0)
     by = {(r["kind"], r["method"], r["config"]): r for r in pooled}
-    judged = 0
+    judged = anchored = 0
     for r in rows:
         m = by[(r["kind"], r["method"], r["config"])]
         assert m["runs"] == 4
@@ -209,11 +209,13 @@ def test_a_merged_file_counts_as_its_runs(rows, bench, tmp_path):
             assert m["ratio_to_floor"] == pytest.approx(1.3 * r["ratio_to_floor"])
             assert sorted(m["ratio_runs"]) == pytest.approx([f * r["ratio_to_floor"] for f in (1.0, 1.2, 1.4, 2.0)])
             judged += 1
+        assert len(m.get("anchors") or []) == len(r.get("anchors") or [])
         for a, ma in zip(r.get("anchors") or [], m.get("anchors") or []):
             if a.get("ratio_to_floor"):
                 assert ma["ratio_to_floor"] == pytest.approx(1.3 * a["ratio_to_floor"])
                 assert len(ma["ratio_runs"]) == 4
-    assert judged
+                anchored += 1
+    assert judged and anchored  # the tiny run has peft anchors: both paths were checked
 
 
 def test_merge_keeps_devices_and_dtypes_apart(rows, bench, tmp_path):
